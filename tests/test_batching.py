@@ -1,0 +1,299 @@
+"""MicroBatcher: batching policy, failures, timeouts and shutdown, with a fake model and no wall-clock thresholds.
+
+A gate (threading.Event) holds the fake's first batch inside the worker thread, so the test decides exactly
+which requests are queued when the worker next looks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+
+from app.batching import BatcherClosed, BatchFailed, BatchTimeout, MicroBatcher, QueueFull, Timed
+
+pytestmark = pytest.mark.anyio
+
+GUARD_S = 5  # a bug shows up as a failed test instead of a hung run; no test gets near it
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeModel:
+    """run_batch that records its batches and answers item * 10; `gate` blocks it while cleared."""
+
+    def __init__(self, fail_on: int | None = None, drop_one: bool = False) -> None:
+        self.batches: list[list[int]] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_on = fail_on
+        self.drop_one = drop_one
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        self.entered.set()
+        assert self.gate.wait(GUARD_S)
+        if self.fail_on in items:
+            raise ValueError("model exploded")
+        results = [item * 10 for item in items]
+        return results[1:] if self.drop_one else results
+
+    @property
+    def seen(self) -> list[int]:
+        return [item for batch in self.batches for item in batch]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(batch) for batch in self.batches]
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+        self.queue_waits: list[float] = []
+        self.failures: list[BaseException] = []
+
+    def on_batch(self, size: int, inference_s: float) -> None:
+        assert inference_s >= 0
+        self.batch_sizes.append(size)
+
+    def on_queue_wait(self, seconds: float) -> None:
+        self.queue_waits.append(seconds)
+
+    def on_failure(self, exc: BaseException) -> None:
+        self.failures.append(exc)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    model: FakeModel,
+    max_batch_size: int = 4,
+    max_wait_s: float = 0.0,
+    max_queue: int = 100,
+    observer: RecordingObserver | None = None,
+) -> AsyncIterator[MicroBatcher[int, int]]:
+    batcher = MicroBatcher(model, max_batch_size, max_wait_s, max_queue, observer)
+    async with asyncio.timeout(GUARD_S):
+        await batcher.start()
+        try:
+            yield batcher
+        finally:
+            model.gate.set()
+            await batcher.stop()
+
+
+async def hold_first_batch(batcher: MicroBatcher[int, int], model: FakeModel, item: int = 0) -> asyncio.Task[int]:
+    """Submit `item` and return once the worker thread is blocked inside run_batch with it."""
+    model.gate.clear()
+    task = asyncio.create_task(batcher.submit(item))
+    await asyncio.to_thread(model.entered.wait, GUARD_S)
+    return task
+
+
+async def queue_up(batcher: MicroBatcher[int, int], items: range) -> list[asyncio.Task[int]]:
+    tasks = [asyncio.create_task(batcher.submit(item)) for item in items]
+    await asyncio.sleep(0)  # each task runs up to its await on the future, i.e. is queued
+    assert batcher.queue_depth == len(items)
+    return tasks
+
+
+async def test_lone_request_runs_at_once_despite_long_max_wait() -> None:
+    model = FakeModel()
+    async with running(model, max_wait_s=3600) as batcher:
+        assert await batcher.submit(7) == 70
+    assert model.batches == [[7]]
+
+
+async def test_requests_queued_during_a_batch_form_bounded_batches_in_order() -> None:
+    model = FakeModel()
+    async with running(model, max_batch_size=3, max_wait_s=3600) as batcher:
+        first = await hold_first_batch(batcher, model)
+        tasks = await queue_up(batcher, range(1, 8))
+        model.gate.set()
+        results = await asyncio.gather(first, *tasks)
+    assert results == [item * 10 for item in range(8)]
+    # Full batches and the trailing lone one run without waiting, or this test would hit GUARD_S.
+    assert model.batches == [[0], [1, 2, 3], [4, 5, 6], [7]]
+
+
+async def test_partial_batch_waits_at_most_max_wait() -> None:
+    model = FakeModel()
+    async with running(model, max_batch_size=4, max_wait_s=0.01) as batcher:
+        first = await hold_first_batch(batcher, model)
+        tasks = await queue_up(batcher, range(1, 3))
+        model.gate.set()
+        assert await asyncio.gather(first, *tasks) == [0, 10, 20]
+    assert model.sizes == [1, 2]
+
+
+async def test_partial_batch_runs_as_soon_as_arrivals_fill_it() -> None:
+    model = FakeModel()
+    async with running(model, max_batch_size=4, max_wait_s=3600) as batcher:
+        first = await hold_first_batch(batcher, model)
+        tasks = await queue_up(batcher, range(1, 3))
+        model.gate.set()
+        tasks += [asyncio.create_task(batcher.submit(item)) for item in (3, 4)]
+        assert await asyncio.gather(first, *tasks) == [0, 10, 20, 30, 40]
+    assert model.batches == [[0], [1, 2, 3, 4]]
+
+
+async def test_submit_timed_reports_queue_and_inference_time() -> None:
+    model = FakeModel()
+    async with running(model) as batcher:
+        timed = await batcher.submit_timed(3)
+    assert isinstance(timed, Timed)
+    assert (timed.value, timed.batch_size) == (30, 1)
+    assert timed.queue_s >= 0 and timed.inference_s >= 0
+
+
+async def test_full_queue_is_refused_with_a_retry_hint() -> None:
+    model = FakeModel()
+    async with running(model, max_queue=2) as batcher:
+        first = await hold_first_batch(batcher, model)  # running, so not counted as queued
+        tasks = await queue_up(batcher, range(1, 3))
+        with pytest.raises(QueueFull) as info:
+            await batcher.submit(3)
+        assert info.value.retry_after_s >= 1
+        model.gate.set()
+        await asyncio.gather(first, *tasks)
+    assert 3 not in model.seen
+
+
+async def test_timed_out_request_frees_its_slot_and_never_runs() -> None:
+    model = FakeModel()
+    async with running(model, max_queue=1) as batcher:
+        first = await hold_first_batch(batcher, model)
+        with pytest.raises(BatchTimeout):
+            await batcher.submit(1, timeout_s=0.01)
+        assert batcher.queue_depth == 0
+        second = asyncio.create_task(batcher.submit(2))  # would be QueueFull if the slot were still held
+        await asyncio.sleep(0)
+        model.gate.set()
+        assert await asyncio.gather(first, second) == [0, 20]
+    assert model.batches == [[0], [2]]
+
+
+async def test_cancelled_request_is_skipped() -> None:
+    model = FakeModel()
+    async with running(model) as batcher:
+        first = await hold_first_batch(batcher, model)
+        (gone, kept) = await queue_up(batcher, range(1, 3))
+        gone.cancel()  # what Starlette does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert batcher.queue_depth == 1
+        model.gate.set()
+        assert await asyncio.gather(first, kept) == [0, 20]
+        assert batcher.queue_depth == 0
+    assert model.batches == [[0], [2]]
+
+
+async def test_request_cancelled_while_its_batch_fills_is_skipped() -> None:
+    model = FakeModel()
+    async with running(model, max_batch_size=4, max_wait_s=3600) as batcher:
+        first = await hold_first_batch(batcher, model)
+        (gone, *kept) = await queue_up(batcher, range(1, 3))
+        model.gate.set()
+        await first  # the worker has now taken [1, 2] and waits for two more
+        assert batcher.queue_depth == 0
+        gone.cancel()
+        kept += [asyncio.create_task(batcher.submit(item)) for item in (3, 4)]
+        assert await asyncio.gather(*kept) == [20, 30, 40]
+    assert model.batches == [[0], [2, 3, 4]]
+
+
+async def test_request_timing_out_while_its_batch_runs_leaves_the_worker_intact() -> None:
+    model = FakeModel()
+    async with running(model) as batcher:
+        model.gate.clear()
+        with pytest.raises(BatchTimeout):
+            await batcher.submit(1, timeout_s=0.01)  # the gate opens only afterwards
+        model.gate.set()
+        assert await batcher.submit(2) == 20
+    assert model.batches == [[1], [2]]
+
+
+async def test_failing_batch_fails_its_requests_and_the_worker_goes_on() -> None:
+    model = FakeModel(fail_on=1)
+    observer = RecordingObserver()
+    async with running(model, observer=observer) as batcher:
+        first = await hold_first_batch(batcher, model)
+        doomed = await queue_up(batcher, range(1, 3))
+        model.gate.set()
+        assert await first == 0
+        for task in doomed:
+            with pytest.raises(BatchFailed) as info:
+                await task
+            assert isinstance(info.value.__cause__, ValueError)
+        assert await batcher.submit(5) == 50
+    assert model.batches == [[0], [1, 2], [5]]
+    assert observer.batch_sizes == [1, 1]
+    assert [type(exc) for exc in observer.failures] == [ValueError]
+
+
+async def test_wrong_number_of_results_is_a_batch_failure() -> None:
+    model = FakeModel(drop_one=True)
+    async with running(model) as batcher:
+        with pytest.raises(BatchFailed) as info:
+            await batcher.submit(1)
+        assert "returned 0 results for 1 items" in str(info.value.__cause__)
+        assert batcher.running
+
+
+async def test_stop_with_drain_answers_everything_and_refuses_newcomers() -> None:
+    model = FakeModel()
+    async with running(model, max_batch_size=2) as batcher:
+        first = await hold_first_batch(batcher, model)
+        tasks = await queue_up(batcher, range(1, 6))
+        stopping = asyncio.create_task(batcher.stop(drain=True))
+        await asyncio.sleep(0)
+        with pytest.raises(BatcherClosed):
+            await batcher.submit(9)
+        model.gate.set()
+        await stopping
+        assert not batcher.running
+        assert [task.result() for task in [first, *tasks]] == [item * 10 for item in range(6)]
+    assert model.sizes == [1, 2, 2, 1]
+
+
+async def test_stop_without_drain_fails_queued_and_running_items() -> None:
+    model = FakeModel()
+    async with running(model) as batcher:
+        first = await hold_first_batch(batcher, model)
+        tasks = await queue_up(batcher, range(1, 3))
+        await batcher.stop(drain=False)
+        for task in [first, *tasks]:
+            with pytest.raises(BatcherClosed):
+                await task
+    assert model.batches == [[0]]
+
+
+async def test_observer_sees_every_batch_and_queue_wait() -> None:
+    model = FakeModel()
+    observer = RecordingObserver()
+    async with running(model, max_batch_size=3, observer=observer) as batcher:
+        first = await hold_first_batch(batcher, model)
+        tasks = await queue_up(batcher, range(1, 5))
+        model.gate.set()
+        await asyncio.gather(first, *tasks)
+    assert observer.batch_sizes == [1, 3, 1]
+    assert len(observer.queue_waits) == 5 and min(observer.queue_waits) >= 0
+    assert observer.failures == []
+
+
+async def test_submit_before_start_is_refused() -> None:
+    batcher = MicroBatcher(FakeModel(), max_batch_size=4, max_wait_s=0, max_queue=10)
+    with pytest.raises(BatcherClosed):
+        await batcher.submit(1)
+
+
+def test_bad_limits_say_what_to_fix() -> None:
+    with pytest.raises(ValueError, match="max_batch_size >= 1"):
+        MicroBatcher(FakeModel(), max_batch_size=0, max_wait_s=0, max_queue=10)
