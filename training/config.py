@@ -18,6 +18,7 @@ class TrainConfig:
     epochs: int = 30  # the sample has only 4,000 images: many short epochs with fresh augmentation
     batch_size: int = 128  # small batches = more steps per epoch on a small data set; CPU-friendly
     lr: float = 3e-3  # peak AdamW learning rate of the one-cycle schedule
+    sum_head_lr: float = 0.05  # the sum head's 1,900 weights must grow to confident logits in a few hundred steps
     weight_decay: float = 5e-4  # AdamW decoupled decay; mild regularisation for a 4k-image data set
     label_smoothing: float = 0.05  # keeps digit confidences calibrated for the service's thresholds
     width: int = 24  # channels of the first conv block; 24 keeps >= 99% while staying fast on CPU
@@ -35,6 +36,7 @@ class TrainConfig:
         parser.add_argument("--epochs", type=int, default=defaults.epochs)
         parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
         parser.add_argument("--lr", type=float, default=defaults.lr)
+        parser.add_argument("--sum-head-lr", type=float, default=defaults.sum_head_lr)
         parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
         parser.add_argument("--width", type=int, default=defaults.width)
         parser.add_argument("--seed", type=int, default=defaults.seed)

@@ -151,8 +151,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_pairs = PairedDigits(data.train, seed=config.seed)
     curve_pairs = PairedDigits(data.test, seed=config.seed + 1)  # one integer per test image, for the curves
     steps_per_epoch = -(-len(train_pairs) // config.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch)
+    optimizer = torch.optim.AdamW(
+        [{"params": model.digit.parameters(), "lr": config.lr},
+         {"params": model.sum.parameters(), "lr": config.sum_head_lr, "weight_decay": 0.0}],  # fmt: skip
+        weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, [config.lr, config.sum_head_lr], total_steps=config.epochs * steps_per_epoch
+    )
     generator = torch.Generator().manual_seed(config.seed)
 
     history: list[dict[str, Any]] = []
