@@ -1,0 +1,44 @@
+# DigitSum: `make run` serves the shipped model, `make test` checks everything.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+HOST ?= 0.0.0.0
+
+.PHONY: run test lint train train-mnist bench clean
+
+# The service alone needs only the base dependencies; tests and training need the dev extra.
+$(BIN)/.serve: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(BIN)/.dev: pyproject.toml $(BIN)/.serve
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+run: $(BIN)/.serve  ## serve models/digitsum.pt on $(HOST):$(PORT)
+	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
+
+test: $(BIN)/.dev  ## the whole suite
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy app training
+	$(BIN)/hadolint Dockerfile
+	docker-compose config -q
+
+train: $(BIN)/.dev  ## the shipped model: the sample split, default settings
+	$(BIN)/python -m training --dataset sample
+
+train-mnist: $(BIN)/.dev  ## full MNIST (downloads into data/ when missing)
+	$(BIN)/python -m training --dataset mnist --epochs 10 --out runs/mnist/digitsum.pt
+
+bench: $(BIN)/.dev
+	$(BIN)/python benchmarks/train_time.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

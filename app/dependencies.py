@@ -1,0 +1,22 @@
+"""What routes get from the app: the predictor and the settings."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.predictor import Predictor
+from app.settings import Settings
+
+
+def get_predictor(request: Request) -> Predictor:
+    return request.app.state.predictor  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

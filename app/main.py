@@ -1,0 +1,88 @@
+"""The DigitSum service: `uvicorn app.main:app` (or `make run`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.errors import OneLineStartupFailure, StartupError
+from app.metrics import MODEL
+from app.middleware import BodySizeLimit, RequestContext, RequestIdFilter
+from app.model import Model, choose_device
+from app.predictor import Predictor
+from app.routes import health, info, predict
+from app.settings import Settings, get_settings
+from app.validation import validation_error_handler
+
+log = logging.getLogger("digitsum")
+
+
+def load_model(settings: Settings) -> Model:
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    model = Model(settings.model_path, choose_device(settings.device))
+    MODEL.info({"sha256": model.sha256, "device": str(model.device.device), "path": str(model.path)})
+    log.info("loaded %s (sha256 %s...) on %s: %s", model.path, model.sha256[:12], model.device.device, model.device.reason)
+    return model
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load once (a bad checkpoint stops startup), then warm up and self-test before /readyz turns green."""
+    settings: Settings = app.state.settings
+    try:
+        model = await asyncio.to_thread(load_model, settings)
+    except StartupError as exc:
+        log.error("%s", exc)
+        raise
+    predictor = app.state.predictor = Predictor(model, settings)
+    await predictor.start()
+    warm_up = asyncio.create_task(predictor.warm_up_and_self_test())
+    yield
+    warm_up.cancel()
+    await predictor.stop()
+
+
+def configure_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s digitsum [%(request_id)s] %(message)s"))
+        handler.addFilter(RequestIdFilter())
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    configure_logging()
+    try:
+        settings = settings or get_settings()
+    except StartupError as exc:
+        raise SystemExit(f"digitsum: {exc}") from None
+    app = FastAPI(
+        title="DigitSum",
+        summary="Recognise a handwritten digit and add an integer to it, both with a neural network.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(predict.router)
+    app.include_router(health.router)
+    app.include_router(info.router)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:  # closed unless configured
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
+    app.add_middleware(RequestContext)
+    app.add_middleware(OneLineStartupFailure)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,94 @@
+"""Pure ASGI middleware on the request path: request ids, metrics, and the upload cap."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+
+from fastapi import HTTPException
+from starlette.datastructures import MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.metrics import IN_FLIGHT, REQUEST_SECONDS
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a client's id is echoed only if it is this tame
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds %(request_id)s to every log record, so each line of a request carries its id."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+class RequestContext:
+    """Gives each request an id (returned in X-Request-ID) and records its latency by route and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        offered = dict(scope["headers"]).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
+        rid = offered if _SAFE_ID.fullmatch(offered) else uuid.uuid4().hex
+        token = request_id.set(rid)
+        status = 500  # if the app dies before answering
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, rid)
+            await send(message)
+
+        IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            IN_FLIGHT.dec()
+            route = getattr(scope.get("route"), "path", "unmatched")  # the template, never the raw path
+            REQUEST_SECONDS.labels(route, scope["method"], str(status)).observe(time.perf_counter() - start)
+            request_id.reset(token)
+
+
+class BodySizeLimit:
+    """413 for a body over the cap, from Content-Length before reading, or as soon as a stream passes it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    def too_large(self) -> str:
+        return f"The request body is larger than the {self.max_bytes / 1e6:g} MB limit; send a smaller image."
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await JSONResponse({"detail": self.too_large()}, status_code=413, headers={"Connection": "close"})(
+                scope, receive, send
+            )
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:  # a lying or missing Content-Length
+                raise HTTPException(413, self.too_large())
+            return message
+
+        await self.app(scope, counting_receive, send)

