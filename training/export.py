@@ -30,7 +30,9 @@ def fold_batchnorm(model: DigitSumNet) -> DigitSumNet:
     model = copy.deepcopy(model).cpu().eval()
     for block in model.digit.features:
         if isinstance(block, nn.Sequential) and isinstance(block[1], nn.BatchNorm2d):
-            block[0] = fuse_conv_bn_eval(block[0], block[1])
+            conv, bn = block[0], block[1]
+            assert isinstance(conv, nn.Conv2d)
+            block[0] = fuse_conv_bn_eval(conv, bn)
             block[1] = nn.Identity()
     return model
 

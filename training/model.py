@@ -1,7 +1,5 @@
 """The DigitSum network: a small CNN for the digit and a learned head for the sum."""
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,10 +19,16 @@ class DigitCNN(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            conv_block(1, w), conv_block(w, w), nn.MaxPool2d(2),  # -> (B, w, 14, 14)
-            conv_block(w, 2 * w), conv_block(2 * w, 2 * w), nn.MaxPool2d(2),  # -> (B, 2w, 7, 7)
-            conv_block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # -> (B, 4w)
-        )  # fmt: skip
+            conv_block(1, w),
+            conv_block(w, w),
+            nn.MaxPool2d(2),  # -> (B, w, 14, 14)
+            conv_block(w, 2 * w),
+            conv_block(2 * w, 2 * w),
+            nn.MaxPool2d(2),  # -> (B, 2w, 7, 7)
+            conv_block(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),  # -> (B, 4w)
+        )
         self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(4 * w, NUM_DIGITS))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,6 +57,9 @@ class SumHead(nn.Module):
 
 class DigitSumNet(nn.Module):
     """forward(images (B,1,28,28) in [0,1], numbers (B,) int64) -> (digit log-probs (B,10), sum log-probs (B,19))."""
+
+    mean: torch.Tensor  # buffers: travel with the module, so the service never normalises by itself
+    std: torch.Tensor
 
     def __init__(self, width: int = 24) -> None:
         super().__init__()

@@ -14,12 +14,20 @@ import numpy as np  # noqa: E402
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     epochs = [h["epoch"] for h in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in [("train_digit_loss", "digit, train"), ("train_sum_loss", "sum, train"),
-                       ("test_digit_loss", "digit, test"), ("test_sum_loss", "sum, test")]:  # fmt: skip
+    for key, label in [
+        ("train_digit_loss", "digit, train"),
+        ("train_sum_loss", "sum, train"),
+        ("test_digit_loss", "digit, test"),
+        ("test_sum_loss", "sum, test"),
+    ]:
         loss_ax.plot(epochs, [h[key] for h in history], label=label)
     loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy", yscale="log")
-    for key, label in [("train_digit_acc", "digit, train"), ("train_sum_acc", "sum, train"),
-                       ("test_digit_acc", "digit, test"), ("test_sum_acc", "sum, test")]:  # fmt: skip
+    for key, label in [
+        ("train_digit_acc", "digit, train"),
+        ("train_sum_acc", "sum, train"),
+        ("test_digit_acc", "digit, test"),
+        ("test_sum_acc", "sum, test"),
+    ]:
         acc_ax.plot(epochs, [100 * h[key] for h in history], label=label)
     acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="%", ylim=(90, 100))
     for ax in (loss_ax, acc_ax):

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from training import data as digit_data
@@ -35,8 +37,14 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cuda" if requested != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def losses(model: DigitSumNet, images: torch.Tensor, numbers: torch.Tensor, digits: torch.Tensor,
-           sums: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def losses(
+    model: DigitSumNet,
+    images: torch.Tensor,
+    numbers: torch.Tensor,
+    digits: torch.Tensor,
+    sums: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Both heads' cross-entropies and log-probabilities."""
     digit_lp, sum_lp = model(images, numbers)
     # cross_entropy re-applies log_softmax, a no-op on log-probabilities
@@ -44,17 +52,23 @@ def losses(model: DigitSumNet, images: torch.Tensor, numbers: torch.Tensor, digi
     return digit_loss, F.nll_loss(sum_lp, sums), digit_lp, sum_lp
 
 
-def train_epoch(model: DigitSumNet, pairs: PairedDigits, optimizer: torch.optim.Optimizer,
-                scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig, device: torch.device,
-                generator: torch.Generator, epoch: int, max_batches: int | None = None) -> dict[str, float]:  # fmt: skip
+def train_epoch(
+    model: DigitSumNet,
+    pairs: PairedDigits,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    epoch: int,
+    ema: AveragedModel | None = None,
+) -> dict[str, float]:
     model.train()
     pairs.draw(epoch)
     totals = np.zeros(5)  # digit loss, sum loss, digit correct, sum correct, count
-    steps = min(-(-len(pairs) // config.batch_size), max_batches or 1 << 30)
+    steps = -(-len(pairs) // config.batch_size)
     bar = tqdm(pairs.batches(config.batch_size, device, generator), total=steps, desc=f"epoch {epoch}/{config.epochs}")
-    for step, (images, numbers, digits, sums) in enumerate(bar):
-        if step == steps:
-            break
+    for images, numbers, digits, sums in bar:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             digit_loss, sum_loss, digit_lp, sum_lp = losses(
                 model, augment(images, generator), numbers, digits, sums, config.label_smoothing
@@ -63,12 +77,23 @@ def train_epoch(model: DigitSumNet, pairs: PairedDigits, optimizer: torch.optim.
         (digit_loss + sum_loss).backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         n = len(digits)
-        totals += [digit_loss.item() * n, sum_loss.item() * n, (digit_lp.argmax(1) == digits).sum().item(),
-                   (sum_lp.argmax(1) == sums).sum().item(), n]  # fmt: skip
+        totals += [
+            digit_loss.item() * n,
+            sum_loss.item() * n,
+            (digit_lp.argmax(1) == digits).sum().item(),
+            (sum_lp.argmax(1) == sums).sum().item(),
+            n,
+        ]
         bar.set_postfix(loss=f"{(totals[0] + totals[1]) / totals[4]:.3f}", acc=f"{totals[2] / totals[4]:.2%}")
-    return {"train_digit_loss": totals[0] / totals[4], "train_sum_loss": totals[1] / totals[4],
-            "train_digit_acc": totals[2] / totals[4], "train_sum_acc": totals[3] / totals[4]}  # fmt: skip
+    return {
+        "train_digit_loss": totals[0] / totals[4],
+        "train_sum_loss": totals[1] / totals[4],
+        "train_digit_acc": totals[2] / totals[4],
+        "train_sum_acc": totals[3] / totals[4],
+    }
 
 
 @torch.inference_mode()
@@ -102,22 +127,44 @@ def sum_head_exact_pairs(model: DigitSumNet) -> int:
     return int((sum_logits.argmax(1).cpu() == digits + numbers).sum())
 
 
+def trained(model: DigitSumNet, ema: AveragedModel | None) -> DigitSumNet:
+    """The weights to evaluate and export: the running average when there is one."""
+    return model if ema is None else ema.module  # type: ignore[return-value]
+
+
 def confusion_matrix(true: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
     return torch.bincount(true * 10 + pred, minlength=100).view(10, 10).numpy()
 
 
-def build_metadata(config: TrainConfig, data: digit_data.DigitData, model: DigitSumNet,
-                   final: dict[str, Any], seconds: float, epochs_run: int, device: torch.device) -> dict[str, Any]:  # fmt: skip
+def build_metadata(
+    config: TrainConfig,
+    data: digit_data.DigitData,
+    model: DigitSumNet,
+    final: dict[str, Any],
+    seconds: float,
+    epochs_run: int,
+    device: torch.device,
+) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
-        "architecture": {"name": "DigitSumNet", "digit": f"5x conv3x3 CNN, width {config.width}",
-                         "sum": "linear over digit-probs x one-hot(number)", "parameters": parameter_count(model)},  # fmt: skip
-        "inputs": {"images": "float32 (N,1,28,28) in [0,1], white digit on black, not normalised",
-                   "numbers": "int64 (N,) in 0..9"},  # fmt: skip
+        "architecture": {
+            "name": "DigitSumNet",
+            "digit": f"5x conv3x3 CNN, width {config.width}",
+            "sum": "linear over digit-probs x one-hot(number)",
+            "parameters": parameter_count(model),
+        },
+        "inputs": {
+            "images": "float32 (N,1,28,28) in [0,1], white digit on black, not normalised",
+            "numbers": "int64 (N,) in 0..9",
+        },
         "outputs": {"digit_log_probs": "(N,10)", "sum_log_probs": "(N,19), sums 0..18"},
         "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD, "applied": "inside the module"},
-        "dataset": {"name": data.name, "split": data.split, "train_images": len(data.train.labels),
-                    "test_images": len(data.test.labels)},  # fmt: skip
+        "dataset": {
+            "name": data.name,
+            "split": data.split,
+            "train_images": len(data.train.labels),
+            "test_images": len(data.test.labels),
+        },
         "metrics": {
             "digit_accuracy": round(final["test_digit_acc"], 5),
             "sum_accuracy": round(final["test_sum_acc"], 5),
@@ -127,12 +174,66 @@ def build_metadata(config: TrainConfig, data: digit_data.DigitData, model: Digit
             "cpu_ms_per_image_batch256": round(cpu_latency_ms(model, 256), 4),
             "cpu_threads": torch.get_num_threads(),
         },
-        "training": {"config": config.as_dict(), "seed": config.seed, "epochs_run": epochs_run,
-                     "seconds": round(seconds, 1), "device": str(device)},  # fmt: skip
+        "training": {
+            "config": config.as_dict(),
+            "seed": config.seed,
+            "epochs_run": epochs_run,
+            "seconds": round(seconds, 1),
+            "device": str(device),
+        },
         "torch_version": torch.__version__,
         "created_at": now_utc(),
         "git_commit": git_commit(),
     }
+
+
+def make_optimizer(
+    model: DigitSumNet, config: TrainConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with a one-cycle schedule; the sum head gets its own, larger learning rate."""
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.digit.parameters(), "lr": config.lr},
+            {"params": model.sum.parameters(), "lr": config.sum_head_lr, "weight_decay": 0.0},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, [config.lr, config.sum_head_lr], total_steps=total_steps)
+    return optimizer, scheduler
+
+
+def fit(
+    model: DigitSumNet, data: digit_data.DigitData, config: TrainConfig, device: torch.device
+) -> tuple[DigitSumNet, list[dict[str, Any]]]:
+    """Train for config.epochs; returns the weights to export and the per-epoch history."""
+    train_pairs = PairedDigits(data.train, seed=config.seed)
+    curve_pairs = PairedDigits(data.test, seed=config.seed + 1)  # one integer per test image, for the curves
+    optimizer, scheduler = make_optimizer(model, config, config.epochs * -(-len(train_pairs) // config.batch_size))
+    ema = None
+    if config.ema_decay:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        stats = train_epoch(model, train_pairs, optimizer, scheduler, config, device, generator, epoch, ema)
+        curve = evaluate(trained(model, ema), curve_pairs, device)
+        stats.update({k: v for k, v in curve.items() if k != "digit_pred"})
+        history.append({"epoch": epoch, "seconds": round(time.perf_counter() - start, 2), **stats})
+        log.info(
+            "epoch %d: test digit %.2f%%, sum %.2f%%", epoch, 100 * curve["test_digit_acc"], 100 * curve["test_sum_acc"]
+        )
+    return trained(model, ema), history
+
+
+def write_reports(out: Path, history: list[dict[str, Any]], data: digit_data.DigitData, final: dict[str, Any]) -> None:
+    """History JSON and PNG plots beside the checkpoint: digitsum_history.json, _curves.png, _confusion.png."""
+    stem = out.with_suffix("")
+    stem.with_name(stem.name + "_history.json").write_text(json.dumps(history, indent=2) + "\n")
+    plot_curves(history, stem.with_name(stem.name + "_curves.png"))
+    digit_pred = final["digit_pred"][::10]  # one row per image: the digit head ignores the integer
+    title = f"Digit head, {data.name} test split ({len(data.test.labels)} images)"
+    plot_confusion(confusion_matrix(data.test.labels, digit_pred), stem.with_name(stem.name + "_confusion.png"), title)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -142,46 +243,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     data = digit_data.load(config.dataset, config.data_dir)
     if config.dry_run:
-        data = digit_data.subset(data, DRY_RUN_IMAGES)
-        config.epochs = 1
-    log.info("training on %s: %d train / %d test images, device %s", data.name,
-             len(data.train.labels), len(data.test.labels), device)  # fmt: skip
-
-    model = DigitSumNet(config.width).to(device)
-    train_pairs = PairedDigits(data.train, seed=config.seed)
-    curve_pairs = PairedDigits(data.test, seed=config.seed + 1)  # one integer per test image, for the curves
-    steps_per_epoch = -(-len(train_pairs) // config.batch_size)
-    optimizer = torch.optim.AdamW(
-        [{"params": model.digit.parameters(), "lr": config.lr},
-         {"params": model.sum.parameters(), "lr": config.sum_head_lr, "weight_decay": 0.0}],  # fmt: skip
-        weight_decay=config.weight_decay,
+        data, config.epochs = digit_data.subset(data, DRY_RUN_IMAGES), 1
+    log.info(
+        "training on %s: %d train / %d test images, device %s",
+        data.name,
+        len(data.train.labels),
+        len(data.test.labels),
+        device,
     )
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, [config.lr, config.sum_head_lr], total_steps=config.epochs * steps_per_epoch
-    )
-    generator = torch.Generator().manual_seed(config.seed)
 
-    history: list[dict[str, Any]] = []
     start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        stats = train_epoch(model, train_pairs, optimizer, scheduler, config, device, generator, epoch)
-        stats.update({k: v for k, v in evaluate(model, curve_pairs, device).items() if k != "digit_pred"})
-        history.append({"epoch": epoch, "seconds": round(time.perf_counter() - start, 2), **stats})
-        log.info("epoch %d: test digit %.2f%%, sum %.2f%%", epoch, 100 * stats["test_digit_acc"], 100 * stats["test_sum_acc"])
+    model, history = fit(DigitSumNet(config.width).to(device), data, config, device)
     seconds = time.perf_counter() - start
-
     final = evaluate(model, PairedDigits(data.test, exhaustive=True), device)
     metadata = build_metadata(config, data, model, final, seconds, len(history), device)
     card = export_torchscript(model, config.out, metadata)
-    stem = config.out.with_suffix("")
-    stem.with_name(stem.name + "_history.json").write_text(json.dumps(history, indent=2) + "\n")
-    plot_curves(history, stem.with_name(stem.name + "_curves.png"))
-    digit_pred_per_image = final["digit_pred"][::10]  # the digit head ignores the integer
-    plot_confusion(confusion_matrix(data.test.labels, digit_pred_per_image), stem.with_name(stem.name + "_confusion.png"),
-                   f"Digit head, {data.name} test split ({len(data.test.labels)} images)")  # fmt: skip
-    log.info("digit accuracy %.2f%%, sum accuracy %.2f%% (10 integers per image), %d/100 sum pairs exact, %.0f s -> %s",
-             100 * final["test_digit_acc"], 100 * final["test_sum_acc"], metadata["metrics"]["sum_head_exact_pairs"],
-             seconds, config.out)  # fmt: skip
+    write_reports(config.out, history, data, final)
+    log.info(
+        "digit accuracy %.2f%%, sum accuracy %.2f%% (10 integers per image), %d/100 sum pairs exact, %.0f s -> %s",
+        100 * final["test_digit_acc"],
+        100 * final["test_sum_acc"],
+        metadata["metrics"]["sum_head_exact_pairs"],
+        seconds,
+        config.out,
+    )
     return card
 
 
