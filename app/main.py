@@ -17,7 +17,7 @@ from app.metrics import MODEL
 from app.middleware import BodySizeLimit, RequestContext, RequestIdFilter
 from app.model import Model, choose_device
 from app.predictor import Predictor
-from app.routes import health, info, predict
+from app.routes import health, info, pages, predict
 from app.settings import Settings, get_settings
 from app.validation import validation_error_handler
 
@@ -76,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(health.router)
     app.include_router(info.router)
+    app.include_router(pages.router)
+    app.mount("/static", pages.static, name="static")
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     if settings.cors_origins:  # closed unless configured
