@@ -23,18 +23,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import ROOT, png_bytes
 from training.data import DigitData
-
-if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the browser is Debian's)")
-expect = sync_api.expect
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -43,10 +37,7 @@ ARTIFACTS = ROOT / "artifacts" / "browser"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
-]
+pytestmark = pytest.mark.slow  # CI installs Debian's chromium; without it these fail, they never skip
 expect.set_options(timeout=15_000)  # two shared CPU cores: the first forward pass can take a while
 
 Stroke = list[tuple[float, float]]  # points as fractions of the canvas side, (0, 0) top left
@@ -111,7 +102,7 @@ def server() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
