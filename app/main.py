@@ -11,15 +11,16 @@ import torch
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException
 
 from app.errors import OneLineStartupFailure, StartupError
 from app.metrics import MODEL
-from app.middleware import BodySizeLimit, RequestContext, RequestIdFilter
+from app.middleware import BodyLimits, RequestContext, RequestIdFilter
 from app.model import Model, choose_device
 from app.predictor import Predictor
 from app.routes import health, info, pages, predict
 from app.settings import Settings, get_settings
-from app.validation import validation_error_handler
+from app.validation import http_error_handler, validation_error_handler
 
 log = logging.getLogger("digitsum")
 
@@ -29,7 +30,9 @@ def load_model(settings: Settings) -> Model:
         torch.set_num_threads(settings.torch_threads)
     model = Model(settings.model_path, choose_device(settings.device))
     MODEL.info({"sha256": model.sha256, "device": str(model.device.device), "path": str(model.path)})
-    log.info("loaded %s (sha256 %s...) on %s: %s", model.path, model.sha256[:12], model.device.device, model.device.reason)
+    log.info(
+        "loaded %s (sha256 %s...) on %s: %s", model.path, model.sha256[:12], model.device.device, model.device.reason
+    )
     return model
 
 
@@ -51,13 +54,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def configure_logging() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s digitsum [%(request_id)s] %(message)s"))
-        handler.addFilter(RequestIdFilter())
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    """Our lines and python-multipart's (a warning per malformed body), each with its request id.
+
+    Loggers that already have handlers (uvicorn --log-config app/log_config.json) are left alone.
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    handler.addFilter(RequestIdFilter())
+    for logger, level in ((log, logging.INFO), (logging.getLogger("python_multipart"), logging.WARNING)):
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = False
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -79,7 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.mount("/static", pages.static, name="static")
     app.add_exception_handler(RequestValidationError, validation_error_handler)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_exception_handler(HTTPException, http_error_handler)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, max_seconds=settings.upload_timeout_s)
     if settings.cors_origins:  # closed unless configured
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
     app.add_middleware(RequestContext)

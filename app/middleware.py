@@ -1,7 +1,8 @@
-"""Pure ASGI middleware on the request path: request ids, metrics, and the upload cap."""
+"""Pure ASGI middleware on the request path: request ids, metrics, and the upload caps (size and time)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import re
@@ -62,14 +63,24 @@ class RequestContext:
             request_id.reset(token)
 
 
-class BodySizeLimit:
-    """413 for a body over the cap, from Content-Length before reading, or as soon as a stream passes it."""
+class BodyLimits:
+    """Bounds what a body may cost: 413 over the size cap, 408 when it does not arrive within the time cap.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    The size is judged from Content-Length before reading, and while streaming (a lying or missing one).
+    The time cap stops a client that trickles its upload (slowloris) from holding a connection for ever;
+    other requests are unaffected meanwhile, as the wait is on the event loop.
+    """
 
-    def too_large(self) -> str:
-        return f"The request body is larger than the {self.max_bytes / 1e6:g} MB limit; send a smaller image."
+    def __init__(self, app: ASGIApp, max_bytes: int, max_seconds: float) -> None:
+        self.app, self.max_bytes, self.max_seconds = app, max_bytes, max_seconds
+
+    def too_large(self) -> HTTPException:
+        detail = f"The request body is larger than the {self.max_bytes / 1e6:g} MB limit; send a smaller image."
+        return HTTPException(413, detail, {"Connection": "close"})
+
+    def too_slow(self) -> HTTPException:
+        detail = f"The request body did not arrive within {self.max_seconds:g} s; send it again on a faster connection."
+        return HTTPException(408, detail, {"Connection": "close"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,18 +88,25 @@ class BodySizeLimit:
             return
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
-            await JSONResponse({"detail": self.too_large()}, status_code=413, headers={"Connection": "close"})(
-                scope, receive, send
-            )
+            error = self.too_large()
+            await JSONResponse({"detail": error.detail}, error.status_code, error.headers)(scope, receive, send)
             return
-        received = 0
+        received, complete = 0, False
+        deadline = asyncio.get_running_loop().time() + self.max_seconds
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+        async def limited_receive() -> Message:
+            nonlocal received, complete
+            if complete:  # e.g. waiting for a disconnect while streaming a response: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise self.too_slow() from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
-            if received > self.max_bytes:  # a lying or missing Content-Length
-                raise HTTPException(413, self.too_large())
+            if received > self.max_bytes:
+                raise self.too_large()
             return message
 
-        await self.app(scope, counting_receive, send)
+        await self.app(scope, limited_receive, send)

@@ -11,6 +11,7 @@ import numpy as np
 
 from app.batching import MicroBatcher, Timed
 from app.metrics import BatchMetrics
+from app.middleware import request_id
 from app.model import Model, Prediction
 from app.preprocess import preprocess
 from app.settings import Settings
@@ -19,12 +20,14 @@ log = logging.getLogger("digitsum")
 
 SELF_TEST_IMAGE = Path(__file__).parent / "assets" / "selftest-7.png"  # a real test-split 7, dark ink on paper
 SELF_TEST_NUMBER, SELF_TEST_DIGIT = 2, 7
+SELF_TEST_MAX_PIXELS = 1_000_000  # the image is 128x112
 
 
 @dataclass(frozen=True)
 class Job:
     image: np.ndarray  # (28, 28) float32 in [0, 1]
     number: int
+    request_id: str = "-"  # a batch mixes requests: its log lines name them all
 
 
 class Predictor:
@@ -43,10 +46,16 @@ class Predictor:
         self.status = "loading the model"
 
     def _run_batch(self, jobs: list[Job]) -> list[Prediction]:
-        return self.model.predict(np.stack([job.image for job in jobs]), [job.number for job in jobs])
+        try:
+            return self.model.predict(np.stack([job.image for job in jobs]), [job.number for job in jobs])
+        except Exception:  # e.g. CUDA out of memory: these requests get 503, the service keeps serving
+            ids = ", ".join(dict.fromkeys(job.request_id for job in jobs))  # warm-up jobs all have "-"
+            log.exception("forward pass failed for a batch of %d (requests %s); they get 503", len(jobs), ids)
+            raise
 
     async def predict(self, image: np.ndarray, number: int) -> Timed[Prediction]:
-        return await self.batcher.submit_timed(Job(image, number), timeout_s=self.settings.request_timeout_s)
+        job = Job(image, number, request_id.get())
+        return await self.batcher.submit_timed(job, timeout_s=self.settings.request_timeout_s)
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -58,16 +67,25 @@ class Predictor:
 
     async def warm_up_and_self_test(self) -> None:
         """Run the shapes we will serve once, then demand the right answer on a known image."""
-        self.status = "warming up"
-        blank = np.zeros((28, 28), np.float32)
-        for size in sorted({1, 2, self.settings.max_batch_size}):
-            await asyncio.to_thread(self._run_batch, [Job(blank, 0)] * size)
-        self.status = "self-test"
-        image = await asyncio.to_thread(preprocess, SELF_TEST_IMAGE.read_bytes(), self.settings.max_pixels)
-        result = (await self.predict(image, SELF_TEST_NUMBER)).value
+        try:
+            result = await self._warm_up_and_predict_self_test()
+        except Exception as exc:  # e.g. out of memory at the largest batch: stay not-ready, and say why
+            self.status = f"warm-up failed: {type(exc).__name__}: {exc}"
+            log.exception("not ready: %s", self.status)
+            return
         if (result.digit, result.sum) != (SELF_TEST_DIGIT, SELF_TEST_DIGIT + SELF_TEST_NUMBER):
             self.status = f"self-test failed: expected digit {SELF_TEST_DIGIT}, sum 9; got {result.digit}, {result.sum}"
             log.error("not ready: %s", self.status)
             return
         self.ready, self.status = True, "ready"
         log.info("ready: self-test passed on %s", self.model.device.device)
+
+    async def _warm_up_and_predict_self_test(self) -> Prediction:
+        self.status = "warming up"
+        blank = np.zeros((28, 28), np.float32)
+        for size in sorted({1, 2, self.settings.max_batch_size}):
+            await asyncio.to_thread(self._run_batch, [Job(blank, 0)] * size)
+        self.status = "self-test"
+        # The pixel cap is for clients' uploads, so a small DIGITSUM_MAX_PIXELS must not fail our own image.
+        image = await asyncio.to_thread(preprocess, SELF_TEST_IMAGE.read_bytes(), SELF_TEST_MAX_PIXELS)
+        return (await self.predict(image, SELF_TEST_NUMBER)).value

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="extra wait to fill a batch, only under load")
     max_queue: int = Field(1024, ge=1, description="requests waiting for the model before 503")
     request_timeout_s: float = Field(10.0, gt=0, description="longest a request may wait for the model")
+    upload_timeout_s: float = Field(30.0, gt=0, description="longest a client may take to send its body (else 408)")
     torch_threads: int = Field(0, ge=0, description="intra-op threads for inference; 0: torch's default")
     low_confidence: float = Field(0.6, ge=0, le=1, description="digit confidence under which low_confidence is true")
     cors_origins: list[str] = Field([], description='allowed browser origins, JSON list, e.g. ["https://x.org"]')

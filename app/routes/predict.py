@@ -8,16 +8,17 @@ import time
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Response, UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from app.batching import BatchFailed, BatchTimeout, BatcherClosed, QueueFull, Timed
+from app.batching import BatcherClosed, BatchFailed, BatchTimeout, QueueFull, Timed
 from app.dependencies import PredictorDep, SettingsDep
 from app.metrics import DECODE_SECONDS, REJECTED
 from app.model import Prediction
 from app.preprocess import ImageError, ImageTooLarge, NoDigitFound, preprocess
 from app.schemas import ErrorOut, PredictionOut
+from app.validation import one_form
 
 router = APIRouter(tags=["prediction"])
 
@@ -30,23 +31,27 @@ DebugQuery = Annotated[bool, Query(description="Also return the 28x28 image the 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorOut, "description": text}
     for code, text in [
+        (400, "The body is not a well-formed multipart/form-data form"),
+        (408, "The body did not arrive within the upload time limit"),
         (413, "Body over the upload cap, or image over the pixel cap"),
-        (415, "Not a decodable single-frame image of an allowed format"),
-        (422, "A field is missing or invalid, or no digit was found in the image"),
+        (415, "The body is not a form, or the image is not a decodable single frame of an allowed format"),
+        (422, "A field is missing, invalid or repeated, or no digit was found in the image"),
         (503, "Not ready, overloaded (see Retry-After) or the forward pass failed"),
         (504, "The model could not answer in time"),
     ]
 }
 
 
-@router.post("/predict", response_model=PredictionOut, responses=ERRORS)
+@router.post("/predict", response_model=PredictionOut, responses=ERRORS, dependencies=[Depends(one_form)])
 async def predict(
     image: ImageField, number: NumberField, predictor: PredictorDep, settings: SettingsDep, response: Response,
     debug: DebugQuery = False,
 ) -> PredictionOut:  # fmt: skip
     """Recognise the handwritten digit and add the number; digit and sum both come from the network."""
     if not predictor.ready:
-        raise HTTPException(503, f"The model is not ready yet ({predictor.status}); retry shortly.", {"Retry-After": "1"})
+        raise HTTPException(
+            503, f"The model is not ready yet ({predictor.status}); retry shortly.", {"Retry-After": "1"}
+        )
     start = time.perf_counter()
     pixels = await decode(image, settings.max_pixels)
     decoded = time.perf_counter()
@@ -80,7 +85,9 @@ async def infer(predictor: PredictorDep, pixels: np.ndarray, number: int) -> Tim
     except BatchTimeout:
         raise HTTPException(504, "The model could not answer in time; retry shortly.") from None
     except (BatchFailed, BatcherClosed):
-        raise HTTPException(503, "The model failed on this request's batch; retry shortly.", {"Retry-After": "1"}) from None
+        raise HTTPException(
+            503, "The model failed on this request's batch; retry shortly.", {"Retry-After": "1"}
+        ) from None
 
 
 def encode(result: Prediction, number: int, low_confidence: float, pixels: np.ndarray | None) -> PredictionOut:
