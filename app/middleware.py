@@ -23,10 +23,14 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds %(request_id)s to every log record, so each line of a request carries its id."""
+    """Adds %(request_id)s to every log record, so each line of a request carries its id.
+
+    A record that names its requests itself (`extra={"request_id": ...}`, e.g. a failed batch) keeps them.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id.get()
         return True
 
 

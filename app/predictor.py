@@ -49,8 +49,11 @@ class Predictor:
         try:
             return self.model.predict(np.stack([job.image for job in jobs]), [job.number for job in jobs])
         except Exception:  # e.g. CUDA out of memory: these requests get 503, the service keeps serving
-            ids = ", ".join(dict.fromkeys(job.request_id for job in jobs))  # warm-up jobs all have "-"
-            log.exception("forward pass failed for a batch of %d (requests %s); they get 503", len(jobs), ids)
+            # This thread serves no single request, so the line names them all (warm-up jobs are all "-").
+            ids = ",".join(dict.fromkeys(job.request_id for job in jobs))
+            log.exception(
+                "forward pass failed for a batch of %d; its requests get 503", len(jobs), extra={"request_id": ids}
+            )
             raise
 
     async def predict(self, image: np.ndarray, number: int) -> Timed[Prediction]:

@@ -39,7 +39,7 @@ def sentence(error: dict[str, Any]) -> str:
     if error.get("type") == "missing":
         return f"{name} is required: send {FIELD_HELP.get(name, 'it')}." if name else "The request body is required."
     got = error.get("input")
-    shown = repr(got if len(str(got)) <= 40 else str(got)[:40] + "...")
+    shown = repr(got if len(str(got)) <= 40 else shorten(str(got), 40))
     if name == "number" and isinstance(got, UploadFile):
         return "number must be a plain form field holding an integer from 0 to 9, not a file."
     if name == "number":
@@ -54,6 +54,10 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     return JSONResponse({"detail": sentence(exc.errors()[0])}, status_code=422)
 
 
+def shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     """Starlette's terse details ('Not Found', 'Missing boundary in multipart.') -> one sentence that helps."""
     assert isinstance(exc, StarletteHTTPException)
@@ -61,10 +65,10 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     if exc.status_code == 400:
         detail = next((text for start, text in BODY_ERRORS.items() if exc.detail.startswith(start)), exc.detail)
     elif exc.status_code == 404 and exc.detail == "Not Found":
-        detail = f"There is nothing at {request.url.path}; the API is described at /docs."
+        detail = f"There is nothing at {shorten(request.url.path)}; the API is described at /docs."
     elif exc.status_code == 405 and exc.detail == "Method Not Allowed":
         allowed = (exc.headers or {}).get("Allow", "another method")
-        detail = f"{request.method} is not allowed on {request.url.path}; use {allowed}."
+        detail = f"{request.method} is not allowed on {shorten(request.url.path)}; use {allowed}."
     return await http_exception_handler(request, HTTPException(exc.status_code, detail, exc.headers))
 
 

@@ -282,6 +282,16 @@ def test_an_odd_but_valid_upload_is_served(client: TestClient, digit: tuple[np.n
     assert not body["low_confidence"]
 
 
+@pytest.mark.parametrize(("threshold", "low"), [(0.0, False), (1.0, True)])
+def test_low_confidence_is_digit_confidence_under_the_threshold(
+    client: TestClient, digit: tuple[np.ndarray, int], monkeypatch: pytest.MonkeyPatch, threshold: float, low: bool
+) -> None:
+    """Not a 4xx: an unclear picture is answered, and flagged (DIGITSUM_LOW_CONFIDENCE, default 0.6)."""
+    monkeypatch.setattr(client.app.state.settings, "low_confidence", threshold)  # type: ignore[attr-defined]
+    body = client.post("/predict", **upload(png_bytes(digit[0]))).json()
+    assert body["low_confidence"] is low and 0 < body["digit_confidence"] < 1
+
+
 def test_wrong_method_and_path_get_sentences(client: TestClient) -> None:
     assert client.get("/predict").json() == {"detail": "GET is not allowed on /predict; use POST."}
     response = client.post("/nowhere")

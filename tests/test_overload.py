@@ -141,5 +141,6 @@ def test_a_failed_forward_pass_gets_503_logs_an_error_and_the_service_keeps_serv
     assert REGISTRY.get_sample_value("digitsum_batch_failures_total") == failures_before + 1
     assert f"digitsum_batch_failures_total {failures_before + 1}" in tight.get("/metrics").text
     [record] = [record for record in caplog.records if record.levelno >= logging.ERROR]
-    assert record.getMessage() == "forward pass failed for a batch of 1 (requests oom-victim-1); they get 503"
+    assert record.getMessage() == "forward pass failed for a batch of 1; its requests get 503"
+    assert record.request_id == "oom-victim-1"  # type: ignore[attr-defined]  # the line's [request id]
     assert record.exc_info and "CUDA out of memory" in str(record.exc_info[1])
