@@ -20,7 +20,6 @@ class TrainConfig:
     lr: float = 3e-3  # peak AdamW learning rate of the one-cycle schedule
     sum_head_lr: float = 0.05  # the sum head's 1,900 weights must grow to confident logits in a few hundred steps
     weight_decay: float = 5e-4  # AdamW decoupled decay; mild regularisation for a 4k-image data set
-    ema_decay: float = 0.0  # weight averaging per step (0: off); the averaged weights are evaluated and exported
     label_smoothing: float = 0.05  # keeps digit confidences calibrated for the service's thresholds
     width: int = 24  # channels of the first conv block; 24 keeps >= 99% while staying fast on CPU
     seed: int = 0  # seeds weights, batch order, integer draws and augmentation
@@ -39,7 +38,6 @@ class TrainConfig:
         parser.add_argument("--lr", type=float, default=defaults.lr)
         parser.add_argument("--sum-head-lr", type=float, default=defaults.sum_head_lr)
         parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-        parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
         parser.add_argument("--width", type=int, default=defaults.width)
         parser.add_argument("--seed", type=int, default=defaults.seed)
         parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults.device)

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from training import data as digit_data
@@ -61,7 +60,6 @@ def train_epoch(
     device: torch.device,
     generator: torch.Generator,
     epoch: int,
-    ema: AveragedModel | None = None,
 ) -> dict[str, float]:
     model.train()
     pairs.draw(epoch)
@@ -77,8 +75,6 @@ def train_epoch(
         (digit_loss + sum_loss).backward()
         optimizer.step()
         scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
         n = len(digits)
         totals += [
             digit_loss.item() * n,
@@ -125,11 +121,6 @@ def sum_head_exact_pairs(model: DigitSumNet) -> int:
     device = next(model.parameters()).device
     sum_logits = model.sum(F.one_hot(digits, 10).float().to(device), numbers.to(device))
     return int((sum_logits.argmax(1).cpu() == digits + numbers).sum())
-
-
-def trained(model: DigitSumNet, ema: AveragedModel | None) -> DigitSumNet:
-    """The weights to evaluate and export: the running average when there is one."""
-    return model if ema is None else ema.module  # type: ignore[return-value]
 
 
 def confusion_matrix(true: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
@@ -209,21 +200,18 @@ def fit(
     train_pairs = PairedDigits(data.train, seed=config.seed)
     curve_pairs = PairedDigits(data.test, seed=config.seed + 1)  # one integer per test image, for the curves
     optimizer, scheduler = make_optimizer(model, config, config.epochs * -(-len(train_pairs) // config.batch_size))
-    ema = None
-    if config.ema_decay:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        stats = train_epoch(model, train_pairs, optimizer, scheduler, config, device, generator, epoch, ema)
-        curve = evaluate(trained(model, ema), curve_pairs, device)
+        stats = train_epoch(model, train_pairs, optimizer, scheduler, config, device, generator, epoch)
+        curve = evaluate(model, curve_pairs, device)
         stats.update({k: v for k, v in curve.items() if k != "digit_pred"})
         history.append({"epoch": epoch, "seconds": round(time.perf_counter() - start, 2), **stats})
         log.info(
             "epoch %d: test digit %.2f%%, sum %.2f%%", epoch, 100 * curve["test_digit_acc"], 100 * curve["test_sum_acc"]
         )
-    return trained(model, ema), history
+    return model, history
 
 
 def write_reports(out: Path, history: list[dict[str, Any]], data: digit_data.DigitData, final: dict[str, Any]) -> None:
