@@ -18,7 +18,7 @@ from app.metrics import MODEL
 from app.middleware import BodyLimits, RequestContext, RequestIdFilter
 from app.model import Model, choose_device
 from app.predictor import Predictor
-from app.routes import health, info, pages, predict
+from app.routes import docs, health, info, pages, predict
 from app.settings import Settings, get_settings
 from app.validation import http_error_handler, validation_error_handler
 
@@ -79,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Recognise a handwritten digit and add an integer to it, both with a neural network.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # app/routes/docs.py serves Swagger UI without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.include_router(predict.router)
@@ -86,6 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(info.router)
     app.include_router(pages.router)
     app.mount("/static", pages.static, name="static")
+    app.include_router(docs.router)
+    app.mount(docs.DOCS_STATIC_URL, docs.static, name="docs-static")
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, max_seconds=settings.upload_timeout_s)
