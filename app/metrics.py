@@ -11,7 +11,9 @@ REQUEST_SECONDS = Histogram(
 )
 IN_FLIGHT = Gauge("digitsum_requests_in_flight", "HTTP requests being served")
 DECODE_SECONDS = Histogram("digitsum_decode_seconds", "image decoding and preprocessing time", buckets=LATENCY_BUCKETS)
-QUEUE_WAIT_SECONDS = Histogram("digitsum_queue_wait_seconds", "time a request waited for its batch", buckets=LATENCY_BUCKETS)
+QUEUE_WAIT_SECONDS = Histogram(
+    "digitsum_queue_wait_seconds", "time a request waited for its batch", buckets=LATENCY_BUCKETS
+)
 INFERENCE_SECONDS = Histogram("digitsum_inference_seconds", "forward pass time per batch", buckets=LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("digitsum_batch_size", "requests per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 BATCH_FAILURES = Counter("digitsum_batch_failures_total", "forward passes that failed (their requests got 503)")

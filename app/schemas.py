@@ -13,10 +13,14 @@ class PredictionOut(BaseModel):
     number: int = Field(ge=0, le=9, description="the number that was sent", examples=[3])
     digit_confidence: float = Field(ge=0, le=1, description="probability of the recognised digit", examples=[0.998])
     sum_confidence: float = Field(ge=0, le=1, description="probability of the sum", examples=[0.997])
-    low_confidence: bool = Field(description="true when digit_confidence is under the service's threshold: "
-                                 "the image may not be a clear single digit")  # fmt: skip
+    low_confidence: bool = Field(
+        description="true when digit_confidence is under the service's threshold: "
+        "the image may not be a clear single digit"
+    )
     digit_probabilities: list[float] = Field(min_length=10, max_length=10, description="P(digit = 0..9)")
-    input_image: str | None = Field(None, description="with ?debug=true: the 28x28 image the network saw, as a PNG data URL")
+    input_image: str | None = Field(
+        None, description="with ?debug=true: the 28x28 image the network saw, as a PNG data URL"
+    )
 
 
 class ErrorOut(BaseModel):

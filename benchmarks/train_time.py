@@ -16,19 +16,38 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def train_once(seed: int, out_dir: Path) -> dict[str, object]:
+def train_once(seed: int, out_dir: Path) -> dict[str, Any]:
     out = out_dir / f"seed{seed}.pt"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "training", "--dataset", "sample", "--seed", str(seed), "--out", str(out)],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "training", "--dataset", "sample", "--seed", str(seed), "--out", str(out)],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wall = time.perf_counter() - start
     card = json.loads(out.with_suffix(".json").read_text())
-    return {"seed": seed, "wall_s": wall, **card["metrics"], "epochs": card["training"]["epochs_run"],
-            "train_s": card["training"]["seconds"], "parameters": card["architecture"]["parameters"]}  # fmt: skip
+    return {
+        "seed": seed,
+        "wall_s": wall,
+        **card["metrics"],
+        "epochs": card["training"]["epochs_run"],
+        "train_s": card["training"]["seconds"],
+        "parameters": card["architecture"]["parameters"],
+    }
+
+
+def row(r: dict[str, Any]) -> str:
+    cells = [r["seed"], f"{r['wall_s']:.0f}", f"{r['train_s']:.0f}", r["epochs"], f"{100 * r['digit_accuracy']:.2f}%",
+             f"{100 * r['sum_accuracy']:.2f}%", f"{r['parameters']:,}", f"{r['cpu_ms_per_image_batch1']:.3f}",
+             f"{r['cpu_ms_per_image_batch256']:.3f}"]  # fmt: skip
+    return "| " + " | ".join(map(str, cells)) + " |"
 
 
 def main() -> None:
@@ -44,12 +63,7 @@ def main() -> None:
         "| CPU ms/image, batch 1 | CPU ms/image, batch 256 |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['seed']} | {r['wall_s']:.0f} | {r['train_s']:.0f} | {r['epochs']} | {100 * r['digit_accuracy']:.2f}% "  # type: ignore[operator]
-            f"| {100 * r['sum_accuracy']:.2f}% | {r['parameters']:,} | {r['cpu_ms_per_image_batch1']:.3f} "  # type: ignore[operator]
-            f"| {r['cpu_ms_per_image_batch256']:.3f} |"
-        )
+    lines += [row(r) for r in rows]
     report = "\n".join(lines) + "\n"
     print(report)
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)

@@ -45,8 +45,15 @@ def test_recognises_real_test_digits_and_sums_them(client: TestClient, sample: D
 def test_answer_fields_timing_and_request_id(client: TestClient, sample: DigitData) -> None:
     response = post(client, png_bytes(sample.test.images[0].numpy()), 4, headers={"X-Request-ID": "abc-123"})
     assert response.status_code == 200
-    assert set(response.json()) >= {"digit", "sum", "number", "digit_confidence", "sum_confidence",
-                                    "digit_probabilities", "low_confidence"}  # fmt: skip
+    assert set(response.json()) >= {
+        "digit",
+        "sum",
+        "number",
+        "digit_confidence",
+        "sum_confidence",
+        "digit_probabilities",
+        "low_confidence",
+    }
     timing = response.headers["Server-Timing"]
     assert all(f"{name};dur=" in timing for name in ("decode", "queue", "inference"))
     assert response.headers["X-Request-ID"] == "abc-123"
@@ -80,7 +87,10 @@ def test_bad_number_is_422_with_a_sentence(client: TestClient, sample: DigitData
 def test_missing_image_is_422(client: TestClient) -> None:
     response = post(client, None, 3)
     assert response.status_code == 422
-    assert response.json()["detail"] == "image is required: send the picture as a multipart/form-data file field named 'image'."
+    assert (
+        response.json()["detail"]
+        == "image is required: send the picture as a multipart/form-data file field named 'image'."
+    )
 
 
 def test_not_an_image_is_415(client: TestClient) -> None:
@@ -134,8 +144,14 @@ def test_health_ready_model_and_metrics(client: TestClient, sample: DigitData) -
     assert card["metadata"]["metrics"]["digit_accuracy"] >= 0.99
     post(client, png_bytes(sample.test.images[0].numpy()), 3)
     metrics = client.get("/metrics").text
-    for name in ("digitsum_request_duration_seconds_bucket", "digitsum_queue_wait_seconds", "digitsum_batch_size",
-                 "digitsum_inference_seconds", "digitsum_requests_in_flight", "digitsum_model_info"):  # fmt: skip
+    for name in (
+        "digitsum_request_duration_seconds_bucket",
+        "digitsum_queue_wait_seconds",
+        "digitsum_batch_size",
+        "digitsum_inference_seconds",
+        "digitsum_requests_in_flight",
+        "digitsum_model_info",
+    ):
         assert name in metrics
     assert 'route="/predict"' in metrics
 

