@@ -247,6 +247,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "soak.md")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]  # other work on the machine skews latency, not correctness or memory
     with tempfile.TemporaryDirectory(prefix="digitsum-soak-") as tmp:
         bodies = Path(tmp)
         write_bodies(bodies)
@@ -279,7 +280,8 @@ def main() -> None:
     expected = ", ".join(f"{kind} {count / 20:.0%} -> {status}" for kind, count, status in MIX)
     meta = (
         f"# Soak: {len(windows)} x {args.window} s, {args.connections} connections, wrk {args.threads} threads\n\n"
-        f"{datetime.date.today()}, {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f} at the end), "
+        f"{datetime.date.today()}, {os.cpu_count()} CPU cores, load average {load_before:.1f} before the run and "
+        f"{os.getloadavg()[0]:.1f} at the end; "
         f"server on the CPU with its defaults (`uvicorn app.main:app --no-access-log`).\n"
         f"Mix: {expected}.\n\n"
         f"- requests: {total:,}; 5xx seen by wrk: {wrk_5xx}; 5xx counted by the server: {server_errors}; "
