@@ -238,7 +238,8 @@ GOOD = [
     Good("4000-char filename", lambda d: upload(png_bytes(d), filename="x" * 4000 + ".png"), 3),
     Good("filename with quotes and non-ASCII", lambda d: upload(png_bytes(d), filename='d\u00efgit "7".png'), 3),
     Good("number with spaces ' 7 '", lambda d: upload(png_bytes(d), " 7 "), 7),
-    Good("number '+7' and '07' are Python ints", lambda d: upload(png_bytes(d), "+7"), 7),
+    Good("number '+7', read as Python's int() reads it", lambda d: upload(png_bytes(d), "+7"), 7),
+    Good("number '07'", lambda d: upload(png_bytes(d), "07"), 7),
     Good(
         "an unknown extra field",
         lambda d: fields(("image", png_bytes(d), "d.png"), ("number", b"5", None), ("comment", b"hi", None)),
