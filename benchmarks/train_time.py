@@ -37,6 +37,7 @@ def train_once(seed: int, out_dir: Path) -> dict[str, Any]:
         "seed": seed,
         "wall_s": wall,
         **card["metrics"],
+        **{f"cpu_{k}": v for k, v in card["cpu_inference"].items()},
         "epochs": card["training"]["epochs_run"],
         "train_s": card["training"]["seconds"],
         "parameters": card["architecture"]["parameters"],

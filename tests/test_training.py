@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -67,8 +68,16 @@ def dry_run(out: Path, *extra: str) -> dict[str, object]:
     return main(["--dry-run", "--out", str(out), "--device", "cpu", *extra])
 
 
-def test_dry_run_writes_a_loadable_self_describing_checkpoint(tmp_path: Path) -> None:
-    card = dry_run(tmp_path / "m.pt", "--dataset", "sample")
+@pytest.fixture(scope="module")
+def dry_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One dry run on the sample, shared by the tests that inspect what it wrote."""
+    out = tmp_path_factory.mktemp("dry") / "m.pt"
+    dry_run(out, "--dataset", "sample")
+    return out.parent
+
+
+def test_dry_run_writes_a_loadable_self_describing_checkpoint(dry_run_dir: Path) -> None:
+    tmp_path = dry_run_dir
     extra = {"metadata.json": ""}
     module = torch.jit.load(str(tmp_path / "m.pt"), map_location="cpu", _extra_files=extra)
     metadata = json.loads(extra["metadata.json"])
@@ -84,7 +93,8 @@ def test_dry_run_writes_a_loadable_self_describing_checkpoint(tmp_path: Path) ->
         "git_commit",
     } <= set(metadata)
     assert metadata["training"]["seed"] == 0 and metadata["architecture"]["parameters"] > 0
-    assert json.loads((tmp_path / "m.json").read_text()) == card and len(str(card["sha256"])) == 64
+    digest = hashlib.sha256((tmp_path / "m.pt").read_bytes()).hexdigest()
+    assert json.loads((tmp_path / "m.json").read_text()) == {**metadata, "file": "m.pt", "sha256": digest}
     digit_lp, sum_lp = module(torch.rand(3, 1, 28, 28), torch.tensor([0, 5, 9]))
     assert digit_lp.shape == (3, 10) and sum_lp.shape == (3, 19)
     assert torch.allclose(digit_lp.exp().sum(1), torch.ones(3), atol=1e-5)
@@ -92,10 +102,14 @@ def test_dry_run_writes_a_loadable_self_describing_checkpoint(tmp_path: Path) ->
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_same_seed_same_metrics(tmp_path: Path) -> None:
-    a = dry_run(tmp_path / "a.pt", "--dataset", "sample")
-    b = dry_run(tmp_path / "b.pt", "--dataset", "sample")
-    assert a["metrics"] == b["metrics"]  # type: ignore[index]
+def test_same_seed_same_metrics(dry_run_dir: Path, tmp_path: Path) -> None:
+    first = json.loads((dry_run_dir / "m.json").read_text())
+    again = dry_run(tmp_path / "again.pt", "--dataset", "sample")
+    assert again["metrics"] == first["metrics"]  # type: ignore[index]
+    assert (
+        json.loads((dry_run_dir / "m_history.json").read_text())[0]["train_digit_loss"]
+        == json.loads((tmp_path / "again_history.json").read_text())[0]["train_digit_loss"]
+    )
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -161,9 +161,11 @@ def build_metadata(
             "sum_accuracy": round(final["test_sum_acc"], 5),
             "sum_accuracy_pairs": "every test image with all ten integers",
             "sum_head_exact_pairs": sum_head_exact_pairs(model),
-            "cpu_ms_per_image_batch1": round(cpu_latency_ms(model, 1), 4),
-            "cpu_ms_per_image_batch256": round(cpu_latency_ms(model, 256), 4),
-            "cpu_threads": torch.get_num_threads(),
+        },
+        "cpu_inference": {  # measured at export on the training machine: a guide, not a guarantee
+            "ms_per_image_batch1": round(cpu_latency_ms(model, 1), 4),
+            "ms_per_image_batch256": round(cpu_latency_ms(model, 256), 4),
+            "threads": torch.get_num_threads(),
         },
         "training": {
             "config": config.as_dict(),
