@@ -10,11 +10,12 @@ from app.predictor import Predictor
 from app.settings import Settings
 
 
-def get_predictor(request: Request) -> Predictor:
+# async: FastAPI runs a plain `def` dependency in its thread pool, two thread hops per request for an attribute read
+async def get_predictor(request: Request) -> Predictor:
     return request.app.state.predictor  # type: ignore[no-any-return]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 

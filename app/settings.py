@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     max_queue: int = Field(1024, ge=1, description="requests waiting for the model before 503")
     request_timeout_s: float = Field(10.0, gt=0, description="longest a request may wait for the model")
     upload_timeout_s: float = Field(30.0, gt=0, description="longest a client may take to send its body (else 408)")
-    torch_threads: int = Field(0, ge=0, description="intra-op threads for inference; 0: torch's default")
+    # 1: torch's default (a thread per core) spins on cores the event loop, decoding and the other workers need;
+    # in benchmarks/results/serve.md it doubles the naive server's CPU per request and quarters LitServe's req/s
+    torch_threads: int = Field(1, ge=0, description="intra-op threads per worker process; 0: torch's default")
     low_confidence: float = Field(0.6, ge=0, le=1, description="digit confidence under which low_confidence is true")
     cors_origins: list[str] = Field([], description='allowed browser origins, JSON list, e.g. ["https://x.org"]')
 
