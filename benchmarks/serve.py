@@ -399,7 +399,8 @@ def report(points: list[Point], rates: dict[tuple[str, int, int], float], prepro
         + (f" and `{' '.join(args.service_env)}`" if args.service_env else "")
         + (f". (a0) `make run` as it was at `{args.before}`" if args.before else "")
         + f". (c) `benchmarks/litserve_server.py {args.litserve_args}`. Errors: non-2xx answers plus socket errors. "
-        "cores: CPU time of the server's processes per second; CPU ms/request: that time per answered request.",
+        "cores: CPU time of the server's processes per second; CPU ms/request: that time per answered request. "
+        "load: the 1-minute load average after the point, which counts the benchmark's own runnable threads too.",
         "",
         "| server | connections | requests/s | p50 ms | p99 ms | errors | cores | CPU ms/request | load |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
