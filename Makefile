@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 HOST ?= 0.0.0.0
-# Processes for `make run`: one per core on CPU (each has its own model, batcher and /metrics, and decodes under
-# its own GIL); 1 on a GPU, where one batcher should own the device. benchmarks/results/serve.md has the numbers.
+# Processes for `make run`: one per core on CPU (each has its own model and batcher, and decodes under its own
+# GIL; /metrics adds them up through PROMETHEUS_MULTIPROC_DIR); 1 on a GPU, where one batcher should own the
+# device. benchmarks/results/serve.md has the numbers.
 WORKERS ?= 2
 
 .PHONY: run test lint train train-mnist bench clean
@@ -22,7 +23,8 @@ $(BIN)/.dev: pyproject.toml $(BIN)/.serve
 	touch $@
 
 run: $(BIN)/.serve  ## serve models/digitsum.pt on $(HOST):$(PORT)
-	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --workers $(WORKERS) --no-access-log
+	PROMETHEUS_MULTIPROC_DIR=$$(mktemp -d) $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) \
+		--workers $(WORKERS) --log-config app/log_config.json --no-access-log
 
 test: $(BIN)/.dev  ## the whole suite
 	$(BIN)/python -m pytest

@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 
 from app.errors import OneLineStartupFailure, StartupError
-from app.metrics import MODEL
+from app.metrics import MODEL, forget_this_process
 from app.middleware import BodyLimits, RequestContext, RequestIdFilter
 from app.model import Model, choose_device
 from app.predictor import Predictor
@@ -29,7 +29,7 @@ def load_model(settings: Settings) -> Model:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     model = Model(settings.model_path, choose_device(settings.device))
-    MODEL.info({"sha256": model.sha256, "device": str(model.device.device), "path": str(model.path)})
+    MODEL.labels(model.sha256, str(model.device.device), str(model.path)).set(1)
     log.info(
         "loaded %s (sha256 %s...) on %s: %s", model.path, model.sha256[:12], model.device.device, model.device.reason
     )
@@ -51,6 +51,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     warm_up.cancel()
     await predictor.stop()
+    forget_this_process()
 
 
 def configure_logging() -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.dependencies import PredictorDep
+from app.metrics import render
 from app.schemas import ModelOut
 
 router = APIRouter(tags=["info"])
@@ -20,4 +20,5 @@ async def model_card(predictor: PredictorDep) -> ModelOut:
 @router.get("/metrics", response_class=Response)
 async def metrics() -> Response:
     """Prometheus metrics: latency by route and status, queue wait, batch sizes, inference time, in-flight."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    body, content_type = render()
+    return Response(body, media_type=content_type)

@@ -10,13 +10,12 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Response, UploadFile
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
 from app.batching import BatcherClosed, BatchFailed, BatchTimeout, QueueFull, Timed
 from app.dependencies import PredictorDep, SettingsDep
 from app.metrics import DECODE_SECONDS, REJECTED
 from app.model import Prediction
-from app.preprocess import ImageError, ImageTooLarge, NoDigitFound, preprocess
+from app.preprocess import ImageError, ImageTooLarge, NoDigitFound
 from app.schemas import ErrorOut, PredictionOut
 from app.validation import one_form
 
@@ -44,16 +43,20 @@ ERRORS: dict[int | str, dict[str, object]] = {
 
 @router.post("/predict", response_model=PredictionOut, responses=ERRORS, dependencies=[Depends(one_form)])
 async def predict(
-    image: ImageField, number: NumberField, predictor: PredictorDep, settings: SettingsDep, response: Response,
+    image: ImageField,
+    number: NumberField,
+    predictor: PredictorDep,
+    settings: SettingsDep,
+    response: Response,
     debug: DebugQuery = False,
-) -> PredictionOut:  # fmt: skip
+) -> PredictionOut:
     """Recognise the handwritten digit and add the number; digit and sum both come from the network."""
     if not predictor.ready:
         raise HTTPException(
             503, f"The model is not ready yet ({predictor.status}); retry shortly.", {"Retry-After": "1"}
         )
     start = time.perf_counter()
-    pixels = await decode(image, settings.max_pixels)
+    pixels = await decode(image, predictor)
     decoded = time.perf_counter()
     timed = await infer(predictor, pixels, number)
     DECODE_SECONDS.observe(decoded - start)
@@ -64,11 +67,11 @@ async def predict(
     return encode(timed.value, number, settings.low_confidence, pixels if debug else None)
 
 
-async def decode(image: UploadFile, max_pixels: int) -> np.ndarray:
-    """Upload -> (28, 28) float32, MNIST-style; off the event loop so a big photo stalls no one else."""
+async def decode(image: UploadFile, predictor: PredictorDep) -> np.ndarray:
+    """Upload -> (28, 28) float32, MNIST-style, off the event loop so a big photo stalls no one else."""
     data = await image.read()
     try:
-        return await run_in_threadpool(preprocess, data, max_pixels)
+        return await predictor.decode(data)
     except ImageError as exc:
         status = 413 if isinstance(exc, ImageTooLarge) else 422 if isinstance(exc, NoDigitFound) else 415
         REJECTED.labels(type(exc).__name__).inc()
@@ -80,8 +83,9 @@ async def infer(predictor: PredictorDep, pixels: np.ndarray, number: int) -> Tim
         return await predictor.predict(pixels, number)
     except QueueFull as exc:
         REJECTED.labels("queue_full").inc()
-        raise HTTPException(503, "The service is at capacity; retry shortly.",
-                            {"Retry-After": str(exc.retry_after_s)}) from None  # fmt: skip
+        raise HTTPException(
+            503, "The service is at capacity; retry shortly.", {"Retry-After": str(exc.retry_after_s)}
+        ) from None
     except BatchTimeout:
         raise HTTPException(504, "The model could not answer in time; retry shortly.") from None
     except (BatchFailed, BatcherClosed):
