@@ -34,4 +34,4 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/readyz', timeout=2)"]
 
 # exec form through sh for $PORT; uvicorn then gets SIGTERM directly and drains in-flight requests
-CMD ["sh", "-c", "exec uvicorn app.main:app --host 0.0.0.0 --port \"$PORT\" --no-access-log --timeout-graceful-shutdown 20"]
+CMD ["sh", "-c", "exec uvicorn app.main:app --host 0.0.0.0 --port \"$PORT\" --log-config app/log_config.json --no-access-log --timeout-graceful-shutdown 20"]
