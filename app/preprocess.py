@@ -219,6 +219,8 @@ def _background(gray: np.ndarray) -> np.ndarray:
     coords = (np.arange(side) + 0.5) / side * 2 - 1  # pixel centres in [-1, 1]
     design = _quadratic_terms(*np.meshgrid(coords, coords, indexing="ij"))[ring]  # (252, 6)
     values = fine[ring]  # (252,)
+    if values.min() == values.max():  # a flat border (MNIST's black, a clean canvas): every fit below is this constant
+        return np.full(gray.shape, values[0], dtype=np.float32)
     # the simplest surface that fits about as well as the full quadratic: flat paper stays flat even
     # when the digit touches the border, and only real gradients or vignetting earn the extra terms
     fits = [_trimmed_fit(design[:, :terms], values) for terms in (1, 3, 6)]

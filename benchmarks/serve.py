@@ -26,6 +26,7 @@ import argparse
 import datetime
 import http.client
 import io
+import itertools
 import json
 import os
 import re
@@ -136,12 +137,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_run_command(port: int, workers: str, root: Path = ROOT) -> list[str]:
-    """The Makefile's `run` recipe, read from the Makefile so the benchmark follows it."""
-    recipe = re.search(r"^run:.*\n\t(.+)$", (root / "Makefile").read_text(), re.MULTILINE)
+def make_run_command(port: int, workers: str, root: Path = ROOT) -> tuple[list[str], dict[str, str]]:
+    """The Makefile's `run` recipe, read from the Makefile so the benchmark follows it: (argv, its VAR=value env)."""
+    recipe = re.search(r"^run:.*\n((?:\t.*\\\n)*\t.*)$", (root / "Makefile").read_text(), re.MULTILINE)
     assert recipe, "Makefile has no run target"
+    line = re.sub(r"\\\n\t*", " ", recipe.group(1)).replace("$$(mktemp -d)", tempfile.mkdtemp(prefix="digitsum-"))
     variables = {"BIN": str(Path(sys.executable).parent), "HOST": "127.0.0.1", "PORT": str(port), "WORKERS": workers}
-    return shlex.split(re.sub(r"\$\((\w+)\)", lambda m: variables[m.group(1)], recipe.group(1)))
+    words = shlex.split(re.sub(r"\$\((\w+)\)", lambda m: variables[m.group(1)], line))
+    env = dict(word.split("=", 1) for word in itertools.takewhile(lambda w: re.fullmatch(r"\w+=.*", w), words))
+    return words[len(env) :], env
 
 
 def makefile_default(name: str, root: Path = ROOT) -> str:
@@ -152,10 +156,11 @@ def makefile_default(name: str, root: Path = ROOT) -> str:
 def server_command(name: str, port: int, args: argparse.Namespace) -> tuple[list[str], str, dict[str, str]]:
     """The command line, its readiness path and its extra environment."""
     if name == "service":
-        return make_run_command(port, args.workers), "/readyz", dict(kv.split("=", 1) for kv in args.service_env)
+        command, env = make_run_command(port, args.workers)
+        return command, "/readyz", {**env, **dict(kv.split("=", 1) for kv in args.service_env)}
     if name == "before":  # `make run` as it was at --before, in a worktree, on the same checkpoint
-        command = make_run_command(port, makefile_default("WORKERS", args.before_dir), args.before_dir)
-        return command, "/readyz", {"DIGITSUM_MODEL_PATH": str(MODEL)}
+        command, env = make_run_command(port, makefile_default("WORKERS", args.before_dir), args.before_dir)
+        return command, "/readyz", {**env, "DIGITSUM_MODEL_PATH": str(MODEL)}
     if name in ("naive", "naive1"):
         command = [sys.executable, "-m", "uvicorn", "benchmarks.naive_server:app", "--host", "127.0.0.1",
                    "--port", str(port), "--no-access-log"]  # fmt: skip
