@@ -18,10 +18,14 @@ WORKERS = 2
 def post_digit(server: LiveServer, png: bytes, number: int) -> int:
     boundary = uuid.uuid4().hex
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="number"\r\n\r\n{number}\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="d.png"\r\n'
-        "Content-Type: image/png\r\n\r\n"
-    ).encode() + png + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="number"\r\n\r\n{number}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="d.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     request = urllib.request.Request(
         server.url + "/predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     )
