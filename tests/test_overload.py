@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import httpx
+import httpx2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -59,7 +59,7 @@ def gate(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> Iterator[thre
     opened.set()  # never leave a batch hanging in the worker thread
 
 
-def post(client: TestClient, image: bytes, request_id: str = "") -> httpx.Response:
+def post(client: TestClient, image: bytes, request_id: str = "") -> httpx2.Response:
     headers = {"X-Request-ID": request_id} if request_id else {}
     return client.post(
         "/predict", files={"image": ("d.png", image, "image/png")}, data={"number": "3"}, headers=headers
@@ -73,7 +73,7 @@ def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
         time.sleep(0.01)
 
 
-def in_background(pool: ThreadPoolExecutor, client: TestClient, image: bytes) -> Future[httpx.Response]:
+def in_background(pool: ThreadPoolExecutor, client: TestClient, image: bytes) -> Future[httpx2.Response]:
     return pool.submit(post, client, image)
 
 
