@@ -15,6 +15,7 @@ from app.batching import BatcherClosed, BatchFailed, BatchTimeout, QueueFull, Ti
 from app.dependencies import PredictorDep, SettingsDep
 from app.metrics import DECODE_SECONDS, REJECTED
 from app.model import Prediction
+from app.predictor import Predictor
 from app.preprocess import ImageError, ImageTooLarge, NoDigitFound
 from app.schemas import ErrorOut, PredictionOut
 from app.validation import one_form
@@ -67,7 +68,7 @@ async def predict(
     return encode(timed.value, number, settings.low_confidence, pixels if debug else None)
 
 
-async def decode(image: UploadFile, predictor: PredictorDep) -> np.ndarray:
+async def decode(image: UploadFile, predictor: Predictor) -> np.ndarray:
     """Upload -> (28, 28) float32, MNIST-style, off the event loop so a big photo stalls no one else."""
     data = await image.read()
     try:
@@ -78,7 +79,7 @@ async def decode(image: UploadFile, predictor: PredictorDep) -> np.ndarray:
         raise HTTPException(status, str(exc)) from None
 
 
-async def infer(predictor: PredictorDep, pixels: np.ndarray, number: int) -> Timed[Prediction]:
+async def infer(predictor: Predictor, pixels: np.ndarray, number: int) -> Timed[Prediction]:
     try:
         return await predictor.predict(pixels, number)
     except QueueFull as exc:
