@@ -369,11 +369,10 @@ def send_slowly(server: LiveServer, body: bytes, first: int, interval_s: float) 
     return received, answered
 
 
-def good_request_latency(server: LiveServer, body: bytes) -> float:
-    start = time.monotonic()
+def good_request_done_at(server: LiveServer, body: bytes) -> float:
     answer, _ = send_slowly(server, body, first=len(body), interval_s=0)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
-    return time.monotonic() - start
+    return time.monotonic()
 
 
 @pytest.mark.parametrize("interval_s", [0.2, 0.0], ids=["trickling one byte per 0.2 s", "stalled"])
@@ -384,15 +383,16 @@ def test_a_slow_upload_gets_408_in_bounded_time_without_blocking_others(
     others: list[float] = []
 
     def three_good_requests() -> None:
-        others.extend(good_request_latency(slow_server, body) for _ in range(3))
+        others.extend(good_request_done_at(slow_server, body) for _ in range(3))
 
     other = threading.Thread(target=three_good_requests)
     threading.Timer(0.2, other.start).start()  # while the slow one is being uploaded
+    started = time.monotonic()
     answer, answered_s = send_slowly(slow_server, body, first=100, interval_s=interval_s)
     other.join(timeout=10)
     head, _, detail = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 "), answer[:300]
     assert b"connection: close" in head.lower()
     assert detail == b'{"detail":"The request body did not arrive within 1 s; send it again on a faster connection."}'
-    assert UPLOAD_TIMEOUT_S <= answered_s < UPLOAD_TIMEOUT_S + 2
-    assert len(others) == 3 and max(others) < UPLOAD_TIMEOUT_S, others  # served meanwhile, each in well under 1 s
+    assert UPLOAD_TIMEOUT_S <= answered_s < UPLOAD_TIMEOUT_S + 5  # not before the deadline, and bounded
+    assert len(others) == 3 and max(others) < started + answered_s, others  # all served while it trickled
