@@ -25,8 +25,7 @@ from fastapi import HTTPException  # noqa: E402
 
 from app.preprocess import ImageError, preprocess  # noqa: E402
 from app.settings import DEFAULT_MODEL  # noqa: E402
-
-MAX_PIXELS = 40_000_000
+from benchmarks.answer import MAX_PIXELS, answer  # noqa: E402
 
 
 class DigitSumAPI(ls.LitAPI):
@@ -63,16 +62,7 @@ class DigitSumAPI(ls.LitAPI):
         return list(zip(*output, strict=True))
 
     def encode_response(self, output: tuple[np.ndarray, np.ndarray, int]) -> dict[str, object]:  # type: ignore[override]
-        digit_p, sum_p, number = output
-        digit, total = int(digit_p.argmax()), int(sum_p.argmax())
-        return {
-            "digit": digit,
-            "sum": total,
-            "number": number,
-            "digit_confidence": round(float(digit_p[digit]), 6),
-            "sum_confidence": round(float(sum_p[total]), 6),
-            "digit_probabilities": [round(float(p), 6) for p in digit_p],
-        }
+        return answer(*output)
 
 
 def main() -> None:

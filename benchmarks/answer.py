@@ -1,0 +1,20 @@
+"""What both benchmark servers (naive, LitServe) answer: the service's fields, from the network's probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_PIXELS = 40_000_000  # the service's default DIGITSUM_MAX_PIXELS
+
+
+def answer(digit_p: np.ndarray, sum_p: np.ndarray, number: int) -> dict[str, object]:
+    """(10,) and (19,) probabilities -> the JSON fields of the service's /predict answer."""
+    digit, total = int(np.argmax(digit_p)), int(np.argmax(sum_p))
+    return {
+        "digit": digit,
+        "sum": total,
+        "number": number,
+        "digit_confidence": round(float(digit_p[digit]), 6),
+        "sum_confidence": round(float(sum_p[total]), 6),
+        "digit_probabilities": [round(float(p), 6) for p in digit_p],
+    }
