@@ -14,7 +14,7 @@ from app.batching import MicroBatcher, Timed
 from app.metrics import BatchMetrics
 from app.middleware import request_id
 from app.model import Model, Prediction
-from app.preprocess import preprocess
+from app.preprocess import open_upload, preprocess, preprocess_opened
 from app.settings import Settings
 
 log = logging.getLogger("digitsum")
@@ -22,6 +22,11 @@ log = logging.getLogger("digitsum")
 SELF_TEST_IMAGE = Path(__file__).parent / "assets" / "selftest-7.png"  # a real test-split 7, dark ink on paper
 SELF_TEST_NUMBER, SELF_TEST_DIGIT = 2, 7
 SELF_TEST_MAX_PIXELS = 1_000_000  # the image is 128x112
+# Thumbnails are preprocessed on the event loop: an MNIST-sized image takes ~0.4 ms, less than handing it to a
+# thread and back costs in CPU and GIL traffic (benchmarks/results/serve.md). The byte cap bounds what a crafted
+# small file can cost there (a PNG of zTXt bombs: ~4 ms); anything bigger goes to a decoding thread.
+INLINE_MAX_PIXELS = 64 * 64
+INLINE_MAX_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,13 @@ class Predictor:
             raise
 
     async def decode(self, data: bytes) -> np.ndarray:
-        """Upload bytes -> (28, 28) float32 in [0, 1], in a worker thread."""
-        return await anyio.to_thread.run_sync(preprocess, data, self.settings.max_pixels, limiter=self.decode_limiter)
+        """Upload bytes -> (28, 28) float32 in [0, 1]; anything bigger than a thumbnail in a worker thread."""
+        max_pixels = self.settings.max_pixels
+        if len(data) <= INLINE_MAX_BYTES:
+            image = open_upload(data, max_pixels)  # the header only: format and size, no pixels yet
+            if image.width * image.height <= INLINE_MAX_PIXELS:
+                return preprocess_opened(image)
+        return await anyio.to_thread.run_sync(preprocess, data, max_pixels, limiter=self.decode_limiter)
 
     async def predict(self, image: np.ndarray, number: int) -> Timed[Prediction]:
         job = Job(image, number, request_id.get())
