@@ -9,7 +9,7 @@ thread) driving benchmarks/multipart.lua, which rotates through 1,000 multipart 
 test split (PNG + number). Each server runs alone as a subprocess on 127.0.0.1: start, wait until ready,
 check one answer, warm up until every worker answers 200, measure each connection count, stop.
 
-    (a)  service   `make run`: uvicorn app.main:app with the Makefile's workers and the service's defaults
+    (a)  service   `make run`: app/serve.py with the Makefile's workers and the service's defaults
     (b)  naive     benchmarks/naive_server.py: decode and forward inside an async handler, no batching
     (b1) naive     the same with OMP_NUM_THREADS=1, to show how much of (a)/(b) is torch's thread default
     (c)  litserve  benchmarks/litserve_server.py: LitServe's batching (settings: --litserve-args)
@@ -54,12 +54,15 @@ LUA = ROOT / "benchmarks" / "multipart.lua"
 MODEL = ROOT / "models" / "digitsum.pt"
 BOUNDARY = "digitsumbenchmark7MA4YWxkTrZu0gW"
 MAX_PIXELS = 40_000_000
-# LitServe's best at 64 connections on this machine (--sweep runs these; benchmarks/results/serve.md has the last)
+# LitServe's best at 64 connections on this machine, the default for (c); --sweep tries these and (c) then uses the
+# best of them (benchmarks/results/serve.md has the last sweep)
 LITSERVE_BEST = "--max-batch-size 16 --batch-timeout 0.002 --torch-threads 1 --workers 2 --api-servers 2"
 LITSERVE_SWEEP = [
     LITSERVE_BEST,
     "--max-batch-size 8 --batch-timeout 0.001 --torch-threads 1 --workers 2 --api-servers 2",
     "--max-batch-size 32 --batch-timeout 0.005 --torch-threads 1 --workers 2 --api-servers 2",
+    "--max-batch-size 64 --batch-timeout 0.002 --torch-threads 1 --workers 2 --api-servers 2",
+    "--max-batch-size 16 --batch-timeout 0.002 --torch-threads 1 --workers 2 --api-servers 2 --fast-queue",
     "--max-batch-size 16 --batch-timeout 0.002 --torch-threads 1 --workers 2 --api-servers 1",
     "--max-batch-size 16 --batch-timeout 0.002 --workers 2 --api-servers 2",  # torch's default threads
     "--max-batch-size 16 --batch-timeout 0.002 --torch-threads 1 --workers 1 --api-servers 1",
@@ -436,7 +439,7 @@ def report(points: list[Point], rates: dict[tuple[str, int, int], float], prepro
         lines += ["", f"`app.preprocess.preprocess` on a 28x28 test PNG: {preprocess_ms:.2f} CPU ms per image."]
     if SWEEP:
         lines += ["", f"LitServe settings tried first, {args.sweep} s each at {max(args.connections)} connections "
-                  "(the best by requests/s is the default of `--litserve-args`):", "",
+                  "(c) is the best of them by requests/s:", "",
                   "| litserve_server.py arguments | requests/s | p50 ms | p99 ms | errors | cores | CPU ms/request |",
                   "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for litserve_args, p in SWEEP:
@@ -480,7 +483,7 @@ def main() -> None:
         type=int,
         default=0,
         metavar="SECONDS",
-        help="first try each LitServe setting of LITSERVE_SWEEP this long at the most connections",
+        help="first try each LitServe setting of LITSERVE_SWEEP this long at the most connections; (c) is the best",
     )
     parser.add_argument(
         "--profile",
@@ -502,6 +505,7 @@ def main() -> None:
         bodies = write_bodies(images, Path(tmp))
         if args.sweep:
             sweep(args, Path(tmp), bodies, labels)
+            args.litserve_args = max(SWEEP, key=lambda tried: tried[1].rps)[0]
         if args.before:
             args.before_dir = Path(tmp) / "before"
             subprocess.run(["git", "worktree", "add", "--detach", str(args.before_dir), args.before], cwd=ROOT,
