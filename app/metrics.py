@@ -1,6 +1,6 @@
 """Prometheus metrics (GET /metrics). Module-level: one set per process, as prometheus-client expects.
 
-With several worker processes (`uvicorn --workers N`, as `make run` does), set PROMETHEUS_MULTIPROC_DIR to
+With several worker processes (`make run`, `python -m app.serve --workers N`), set PROMETHEUS_MULTIPROC_DIR to
 an empty directory: each process then writes its values there and any worker's /metrics adds them all up.
 """
 

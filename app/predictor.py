@@ -48,8 +48,8 @@ class Predictor:
             max_queue=settings.max_queue,
             observer=BatchMetrics(),
         )
-        # Few decoding threads, not the default 40: they share one GIL, and 40 of them only fight over it
-        # and serve requests out of order (serve.md: p99 200-242 ms with 2 against 277-326 ms with 40).
+        # Few decoding threads, not anyio's default 40: they share one GIL, and 40 of them only fight over it and
+        # serve requests out of order (when every upload went through them: p99 200-242 ms with 2, 277-326 with 40).
         self.decode_limiter = anyio.CapacityLimiter(settings.decode_threads)
         self.ready = False
         self.status = "loading the model"

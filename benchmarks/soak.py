@@ -3,9 +3,9 @@
     python benchmarks/soak.py                  # 3 minutes: 6 windows of 30 s, 32 connections
     python benchmarks/soak.py --seconds 60 --window 15
 
-Starts `uvicorn app.main:app --no-access-log` (as `make run` and the Dockerfile do) on 127.0.0.1 with the
-shipped model on the CPU, drives it with wrk (benchmarks/soak.lua) in consecutive windows, samples the
-server's resident memory (VmRSS in /proc/PID/status) every 2 s, and reports per window: throughput,
+Starts one `uvicorn app.main:app --no-access-log` process (as the Dockerfile does; `make run` starts one per
+core) on 127.0.0.1 with the shipped model on the CPU, drives it with wrk (benchmarks/soak.lua) in consecutive
+windows, samples the server's resident memory (VmRSS in /proc/PID/status) every 2 s, and reports per window: throughput,
 latency percentiles, statuses and RSS. The first window is the warm-up. Targets: no 5xx at all, and RSS
 after the warm-up grows by less than 50 MB. Writes markdown to stdout and to benchmarks/results/soak.md.
 

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from tests.conftest import ROOT, SHIPPED_MODEL
 
+UVICORN = ("uvicorn", "app.main:app")
+MAKE_RUN = ("app.serve", "--log-config", "app/log_config.json")  # + --workers N
+
 
 @dataclass
 class LiveServer:
@@ -54,11 +57,16 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(
-    log: Path, env: dict[str, str] | None = None, args: Sequence[str] = (), ready_timeout_s: float = 90
+    log: Path,
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
+    ready_timeout_s: float = 90,
+    launcher: Sequence[str] = UVICORN,
 ) -> Iterator[LiveServer]:
-    """Start uvicorn with the shipped model on the CPU, wait for /readyz, and stop it with SIGTERM after."""
+    """Start uvicorn (or `make run`'s MAKE_RUN) with the shipped model on the CPU, wait for /readyz, and stop it
+    with SIGTERM after."""
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port), *args]
+    command = [sys.executable, "-m", *launcher, "--host", "127.0.0.1", "--port", str(port), *args]
     environment = {**os.environ, "DIGITSUM_DEVICE": "cpu", "DIGITSUM_MODEL_PATH": str(SHIPPED_MODEL), **(env or {})}
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT)
