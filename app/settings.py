@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0, description="longest a request may wait for the model")
     upload_timeout_s: float = Field(30.0, gt=0, description="longest a client may take to send its body (else 408)")
     # 1: torch's default (a thread per core) spins on cores the event loop, decoding and the other workers need;
-    # in benchmarks/results/serve.md it doubles the naive server's CPU per request and quarters LitServe's req/s
+    # in benchmarks/results/serve.md it adds 70% to the naive server's CPU per request and cuts LitServe's req/s 8x
     torch_threads: int = Field(1, ge=0, description="intra-op threads per worker process; 0: torch's default")
     decode_threads: int = Field(2, ge=1, le=64, description="threads per worker decoding uploads (they share a GIL)")
     low_confidence: float = Field(0.6, ge=0, le=1, description="digit confidence under which low_confidence is true")
