@@ -67,12 +67,14 @@ class Predictor:
 
     async def decode(self, data: bytes) -> np.ndarray:
         """Upload bytes -> (28, 28) float32 in [0, 1]; anything bigger than a thumbnail in a worker thread."""
-        max_pixels = self.settings.max_pixels
-        if len(data) <= INLINE_MAX_BYTES:
-            image = open_upload(data, max_pixels)  # the header only: format and size, no pixels yet
-            if image.width * image.height <= INLINE_MAX_PIXELS:
-                return preprocess_opened(image)
-        return await anyio.to_thread.run_sync(preprocess, data, max_pixels, limiter=self.decode_limiter)
+        if len(data) > INLINE_MAX_BYTES:
+            return await anyio.to_thread.run_sync(
+                preprocess, data, self.settings.max_pixels, limiter=self.decode_limiter
+            )
+        image = open_upload(data, self.settings.max_pixels)  # the header only: format and size, no pixels yet
+        if image.width * image.height > INLINE_MAX_PIXELS:
+            return await anyio.to_thread.run_sync(preprocess_opened, image, limiter=self.decode_limiter)
+        return preprocess_opened(image)
 
     async def predict(self, image: np.ndarray, number: int) -> Timed[Prediction]:
         job = Job(image, number, request_id.get())

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, SHIPPED_MODEL
+from tests.live_server import MAKE_RUN, UVICORN
 
-LAUNCHERS = {"uvicorn": ["uvicorn", "app.main:app"], "make-run": ["app.serve", "--workers", "2"]}
+LAUNCHERS = {"uvicorn": [*UVICORN], "make-run": [*MAKE_RUN, "--workers", "2"]}
 
 
 def start(env: dict[str, str], launcher: str = "uvicorn") -> subprocess.CompletedProcess[str]:
