@@ -118,7 +118,12 @@ def serve(host: str, port: int, log_config: str | None) -> None:
     except OSError as exc:  # taken between the parent's check and now
         log.error("cannot listen on %s:%d (%s); stop what uses it or choose another PORT", host, port, exc)
         sys.exit(STARTUP_FAILURE)
-    config = uvicorn.Config("app.main:app", log_config=log_config or LOGGING_CONFIG, access_log=False)
+    config = uvicorn.Config(
+        "app.main:app",
+        log_config=log_config or LOGGING_CONFIG,
+        access_log=False,
+        timeout_graceful_shutdown=get_settings().drain_timeout_s,
+    )
     uvicorn.Server(config).run(sockets=[sock])
 
 

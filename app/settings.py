@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(1024, ge=1, description="requests waiting for the model before 503")
     request_timeout_s: float = Field(10.0, gt=0, description="longest a request may wait for the model")
     upload_timeout_s: float = Field(30.0, gt=0, description="longest a client may take to send its body (else 408)")
+    drain_timeout_s: float = Field(20.0, gt=0, description="on SIGTERM, longest to finish in-flight requests")
     # 1: torch's default (a thread per core) spins on cores the event loop, decoding and the other workers need;
     # in benchmarks/results/serve.md it adds 70% to the naive server's CPU per request and cuts LitServe's req/s 8x
     torch_threads: int = Field(1, ge=0, description="intra-op threads per worker process; 0: torch's default")

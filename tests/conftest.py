@@ -1,42 +1,22 @@
-"""Shared fixtures: the real test split, the shipped checkpoint, and a live app (lifespan running)."""
+"""Shared fixtures: the real test split, and a live app with the shipped checkpoint (lifespan running)."""
 
 from __future__ import annotations
 
-import io
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from app.main import create_app
 from app.settings import Settings
-from training.data import DigitData, load_sample
-
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_MODEL = ROOT / "models" / "digitsum.pt"
+from tests.support.digits import Sample, load_sample
+from tests.support.service import SHIPPED_MODEL, wait_ready
 
 
 @pytest.fixture(scope="session")
-def sample() -> DigitData:
+def sample() -> Sample:
     """The 5k MNIST sample, split 4,000 / 1,000 exactly as training used it."""
     return load_sample()
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def wait_ready(client: TestClient, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, client.get("/readyz").json()
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests import hostile_inputs as hi
-from tests.conftest import png_bytes
-from tests.live_server import LiveServer, live_server
-from training.data import DigitData
+from tests.support import hostile_inputs as hi
+from tests.support.digits import Sample
+from tests.support.live_server import LiveServer, live_server
+from tests.support.service import png_bytes
 
 IN_FLIGHT = 50
 LATE = 5  # connection attempts after SIGTERM
@@ -60,12 +60,10 @@ def until(condition: Any, timeout_s: float = 30) -> None:
         time.sleep(0.05)
 
 
-def test_sigterm_answers_every_request_in_flight_and_refuses_new_ones(tmp_path: Path, sample: DigitData) -> None:
+def test_sigterm_answers_every_request_in_flight_and_refuses_new_ones(tmp_path: Path, sample: Sample) -> None:
     labels = [int(label) for label in sample.test.labels[:IN_FLIGHT]]
     bodies = [
-        hi.multipart(
-            [("image", png_bytes(sample.test.images[k].numpy()), "d.png"), ("number", str(k % 10).encode(), None)]
-        )
+        hi.multipart([("image", png_bytes(sample.test.images[k]), "d.png"), ("number", str(k % 10).encode(), None)])
         for k in range(IN_FLIGHT)
     ]
     halfway, go = threading.Barrier(IN_FLIGHT + 1), threading.Event()

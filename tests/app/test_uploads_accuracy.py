@@ -1,12 +1,11 @@
 """The shipped network on user-style uploads: 1,000 real MNIST test digits as photos, scans, drawings, odd files.
 
-`pytest -s tests/test_uploads_accuracy.py` prints the accuracy of each upload variant.
+`pytest -s tests/app/test_uploads_accuracy.py` prints the accuracy of each upload variant.
 """
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +13,10 @@ import torch
 from PIL import Image
 
 from app.preprocess import preprocess
-from tests.uploads import user_style_uploads
-from training.data import DigitData
+from tests.support.digits import Sample
+from tests.support.service import SHIPPED_MODEL
+from tests.support.uploads import user_style_uploads
 
-MODEL = Path(__file__).resolve().parents[1] / "models" / "digitsum.pt"
 MAX_PIXELS = 40_000_000
 MIN_ACCURACY = 0.97  # overall, on uploads; the same network scores ~99% on the plain 28x28 digits
 MIN_VARIANT_ACCURACY = 0.90  # no kind of upload may be much worse than the rest (100 images each)
@@ -26,13 +25,13 @@ MIN_KEPT_OF_PLAIN = 0.99  # plain MNIST through preprocess keeps >= 99% of the n
 
 @pytest.fixture(scope="module")
 def model() -> torch.jit.ScriptModule:
-    return torch.jit.load(str(MODEL)).eval()
+    return torch.jit.load(str(SHIPPED_MODEL)).eval()
 
 
 @pytest.fixture(scope="module")
-def test_split(sample: DigitData) -> tuple[np.ndarray, np.ndarray]:
+def test_split(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (1000, 28, 28) and int64 labels (1000,): the split training never saw."""
-    return sample.test.images.numpy(), sample.test.labels.numpy()
+    return sample.test.images, sample.test.labels
 
 
 def predict(model: torch.jit.ScriptModule, images: list[np.ndarray]) -> np.ndarray:

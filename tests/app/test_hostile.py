@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests import hostile_inputs as hi
-from tests.conftest import png_bytes
-from tests.live_server import LiveServer, live_server
-from training.data import DigitData
+from tests.support import hostile_inputs as hi
+from tests.support.digits import Sample
+from tests.support.live_server import LiveServer, live_server
+from tests.support.service import png_bytes
 
 Request = dict[str, Any]  # keyword arguments of client.post
 SEND = "send multipart/form-data with the file field 'image' and the field 'number'"
@@ -249,9 +249,9 @@ GOOD = [
 
 
 @pytest.fixture(scope="module")
-def digit(sample: DigitData) -> tuple[np.ndarray, int]:
+def digit(sample: Sample) -> tuple[np.ndarray, int]:
     """A test-split digit the shipped model gets right with high confidence."""
-    return sample.test.images[0].numpy(), int(sample.test.labels[0])
+    return sample.test.images[0], int(sample.test.labels[0])
 
 
 def is_a_sentence(text: object) -> bool:
@@ -317,9 +317,9 @@ def predict_5xx_before(client: TestClient) -> float:
 
 
 def test_after_all_that_the_service_is_healthy_and_never_answered_5xx(
-    client: TestClient, sample: DigitData, predict_5xx_before: float
+    client: TestClient, sample: Sample, predict_5xx_before: float
 ) -> None:
-    response = client.post("/predict", **upload(png_bytes(sample.test.images[1].numpy()), "4"))
+    response = client.post("/predict", **upload(png_bytes(sample.test.images[1]), "4"))
     assert response.status_code == 200
     assert response.json()["digit"] == int(sample.test.labels[1])
     assert client.get("/readyz").status_code == 200

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SHIPPED_MODEL
-from tests.live_server import MAKE_RUN, UVICORN
+from tests.support.live_server import MAKE_RUN, UVICORN
+from tests.support.service import ROOT, SHIPPED_MODEL
 
 LAUNCHERS = {"uvicorn": [*UVICORN], "make-run": [*MAKE_RUN, "--workers", "2"]}
 

@@ -3,7 +3,7 @@
 Swagger UI's JavaScript and CSS must come from the service itself (no CDN is reachable here, in CI or on an
 air-gapped GPU host), and its form must offer a file picker for `image`. The screenshot is artifacts/docs.png.
 
-    pytest tests/test_docs_browser.py        # about 15 s on 2 busy CPU cores (6 s of it starting the service)
+    pytest tests/system/test_docs_browser.py        # about 15 s on 2 busy CPU cores (6 s of it starting the service)
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, Request, expect, sync_playwright
 
-from tests.conftest import ROOT, png_bytes
-from tests.live_server import LiveServer, live_server
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
-from training.data import DigitData
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.digits import Sample
+from tests.support.live_server import LiveServer, live_server
+from tests.support.service import ROOT, png_bytes
 
 ARTIFACTS = ROOT / "artifacts"
 
@@ -53,10 +53,10 @@ def docs(server: LiveServer) -> Iterator[Page]:
         browser.close()
 
 
-def test_try_it_out_uploads_a_test_digit_and_shows_the_sum(docs: Page, sample: DigitData, tmp_path: Path) -> None:
+def test_try_it_out_uploads_a_test_digit_and_shows_the_sum(docs: Page, sample: Sample, tmp_path: Path) -> None:
     label = int(sample.test.labels[0])
     digit_png = tmp_path / f"test-0-label-{label}.png"
-    digit_png.write_bytes(png_bytes(sample.test.images[0].numpy()))
+    digit_png.write_bytes(png_bytes(sample.test.images[0]))
 
     operation = docs.locator("#operations-prediction-predict_predict_post")
     operation.locator(".opblock-summary").click()

@@ -4,7 +4,7 @@ The browser is Debian's /usr/bin/chromium driven by Playwright for Python; nothi
 Digits are drawn the way a person draws them, by pointer events along strokes; screenshots land in
 artifacts/browser/ (docs/screenshot.png is artifacts/browser/desktop-7.png from a run, copied by hand).
 
-    pytest tests/test_browser.py        # about 30 s on 2 busy CPU cores (6 s of it starting the service)
+    pytest tests/system/test_browser.py        # about 30 s on 2 busy CPU cores (6 s of it starting the service)
 """
 
 from __future__ import annotations
@@ -27,12 +27,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.conftest import ROOT, png_bytes
-from training.data import DigitData
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.digits import Sample
+from tests.support.service import ROOT, png_bytes
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]  # fmt: skip
 ARTIFACTS = ROOT / "artifacts" / "browser"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -237,17 +235,17 @@ def test_keyboard_alone_changes_the_number_and_predicts(page: Page) -> None:
     expect_result(page, 0, 4)
 
 
-def test_an_uploaded_and_a_dropped_test_image_are_recognised(page: Page, sample: DigitData, tmp_path: Path) -> None:
+def test_an_uploaded_and_a_dropped_test_image_are_recognised(page: Page, sample: Sample, tmp_path: Path) -> None:
     first, second = (int(sample.test.labels[i]) for i in (0, 1))
     path = tmp_path / f"test-0-label-{first}.png"
-    path.write_bytes(png_bytes(sample.test.images[0].numpy()))
+    path.write_bytes(png_bytes(sample.test.images[0]))
     pick(page, 6)
     with page.expect_response(lambda r: "/predict" in r.url) as response:
         page.locator("#file").set_input_files(path)
     assert response.value.json()["digit"] == first
     expect_result(page, first, 6)
 
-    data = base64.b64encode(png_bytes(sample.test.images[1].numpy())).decode()
+    data = base64.b64encode(png_bytes(sample.test.images[1])).decode()
     transfer = page.evaluate_handle(
         """data => {
             const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));

@@ -17,9 +17,9 @@ from PIL import Image, PngImagePlugin
 from app import predictor as predictor_module
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import SHIPPED_MODEL, png_bytes, wait_ready
-from tests.fakes import ConstantDigit, write_checkpoint
-from training.data import DigitData
+from tests.support.digits import Sample
+from tests.support.fakes import ConstantDigit, write_checkpoint
+from tests.support.service import SHIPPED_MODEL, png_bytes, wait_ready
 
 
 def post(client: TestClient, image: bytes | None, number: object = 3, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -28,13 +28,13 @@ def post(client: TestClient, image: bytes | None, number: object = 3, **kwargs: 
     return client.post("/predict", files=files, data=data, **kwargs)  # type: ignore[arg-type]
 
 
-def test_recognises_real_test_digits_and_sums_them(client: TestClient, sample: DigitData) -> None:
-    labels = sample.test.labels.numpy()
+def test_recognises_real_test_digits_and_sums_them(client: TestClient, sample: Sample) -> None:
+    labels = sample.test.labels
     picks = [int(i) for digit in range(10) for i in np.flatnonzero(labels == digit)[:10]]  # 100 images
     correct = 0
     for k, i in enumerate(picks):
         number = k % 10
-        response = post(client, png_bytes(sample.test.images[i].numpy()), number)
+        response = post(client, png_bytes(sample.test.images[i]), number)
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["number"] == number
@@ -45,8 +45,8 @@ def test_recognises_real_test_digits_and_sums_them(client: TestClient, sample: D
     assert correct >= 98
 
 
-def test_answer_fields_timing_and_request_id(client: TestClient, sample: DigitData) -> None:
-    response = post(client, png_bytes(sample.test.images[0].numpy()), 4, headers={"X-Request-ID": "abc-123"})
+def test_answer_fields_timing_and_request_id(client: TestClient, sample: Sample) -> None:
+    response = post(client, png_bytes(sample.test.images[0]), 4, headers={"X-Request-ID": "abc-123"})
     assert response.status_code == 200
     assert set(response.json()) >= {
         "digit",
@@ -63,8 +63,8 @@ def test_answer_fields_timing_and_request_id(client: TestClient, sample: DigitDa
     assert response.json()["input_image"] is None
 
 
-def test_debug_returns_the_28x28_image_the_network_saw(client: TestClient, sample: DigitData) -> None:
-    response = post(client, png_bytes(sample.test.images[0].numpy()), 1, params={"debug": "true"})
+def test_debug_returns_the_28x28_image_the_network_saw(client: TestClient, sample: Sample) -> None:
+    response = post(client, png_bytes(sample.test.images[0]), 1, params={"debug": "true"})
     url = response.json()["input_image"]
     assert url.startswith("data:image/png;base64,")
     seen = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
@@ -81,8 +81,8 @@ def test_debug_returns_the_28x28_image_the_network_saw(client: TestClient, sampl
         ("-1", "number must be an integer from 0 to 9, got '-1'."),
     ],
 )
-def test_bad_number_is_422_with_a_sentence(client: TestClient, sample: DigitData, number: object, detail: str) -> None:
-    response = post(client, png_bytes(sample.test.images[0].numpy()), number)
+def test_bad_number_is_422_with_a_sentence(client: TestClient, sample: Sample, number: object, detail: str) -> None:
+    response = post(client, png_bytes(sample.test.images[0]), number)
     assert response.status_code == 422
     assert response.json() == {"detail": detail}
 
@@ -102,7 +102,7 @@ def test_not_an_image_is_415(client: TestClient) -> None:
     assert response.json()["detail"].endswith(".")
 
 
-def test_image_over_the_pixel_cap_is_413(sample: DigitData) -> None:
+def test_image_over_the_pixel_cap_is_413(sample: Sample) -> None:
     app = create_app(Settings(model_path=SHIPPED_MODEL, device="cpu", max_pixels=100 * 100))
     big = png_bytes(np.zeros((200, 200), np.uint8))
     with TestClient(app) as small_cap:
@@ -138,14 +138,14 @@ def test_docs_and_openapi_are_served(client: TestClient) -> None:
     assert form["properties"]["number"]["examples"] == [3]
 
 
-def test_health_ready_model_and_metrics(client: TestClient, sample: DigitData) -> None:
+def test_health_ready_model_and_metrics(client: TestClient, sample: Sample) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"ready": True, "reason": "ready"}
     card = client.get("/model").json()
     assert card["device"] == "cpu" and "DIGITSUM_DEVICE=cpu" in card["device_reason"]
     assert card["sha256"] == hashlib.sha256(SHIPPED_MODEL.read_bytes()).hexdigest()
     assert card["metadata"]["metrics"]["digit_accuracy"] >= 0.99
-    post(client, png_bytes(sample.test.images[0].numpy()), 3)
+    post(client, png_bytes(sample.test.images[0]), 3)
     metrics = client.get("/metrics").text
     for name in (
         "digitsum_request_duration_seconds_bucket",
@@ -159,7 +159,7 @@ def test_health_ready_model_and_metrics(client: TestClient, sample: DigitData) -
     assert 'route="/predict"' in metrics
 
 
-def test_readiness_stays_red_when_the_self_test_fails(tmp_path, sample: DigitData) -> None:  # type: ignore[no-untyped-def]
+def test_readiness_stays_red_when_the_self_test_fails(tmp_path, sample: Sample) -> None:  # type: ignore[no-untyped-def]
     wrong = write_checkpoint(ConstantDigit(1), tmp_path / "always-one.pt")  # the self-test image is a 7
     with TestClient(create_app(Settings(model_path=wrong, device="cpu"))) as client:
         for _ in range(600):
@@ -169,13 +169,13 @@ def test_readiness_stays_red_when_the_self_test_fails(tmp_path, sample: DigitDat
             time.sleep(0.05)
         assert client.get("/readyz").status_code == 503
         assert reason == "self-test failed: expected digit 7, sum 9; got 1, 3"
-        response = post(client, png_bytes(sample.test.images[0].numpy()), 3)
+        response = post(client, png_bytes(sample.test.images[0]), 3)
         assert response.status_code == 503
         assert response.json()["detail"].startswith("The model is not ready yet (self-test failed")
 
 
 def test_thumbnails_are_preprocessed_on_the_event_loop_and_bigger_uploads_in_a_thread(
-    client: TestClient, sample: DigitData, monkeypatch: pytest.MonkeyPatch
+    client: TestClient, sample: Sample, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     on_loop: list[bool] = []
 
@@ -188,7 +188,7 @@ def test_thumbnails_are_preprocessed_on_the_event_loop_and_bigger_uploads_in_a_t
 
     monkeypatch.setattr(predictor_module, "preprocess_opened", spy(predictor_module.preprocess_opened))
     monkeypatch.setattr(predictor_module, "preprocess", spy(predictor_module.preprocess))
-    digit, label = sample.test.images[0].numpy(), int(sample.test.labels[0])
+    digit, label = sample.test.images[0], int(sample.test.labels[0])
     big = np.asarray(Image.fromarray(digit).resize((280, 280)))
     padded = io.BytesIO()  # 28x28 pixels, but more bytes than the event loop parses
     Image.fromarray(digit).save(padded, "PNG", pnginfo=text_chunk("x" * predictor_module.INLINE_MAX_BYTES))

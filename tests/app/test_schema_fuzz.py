@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import ROOT, SHIPPED_MODEL
+from tests.support.service import ROOT, SHIPPED_MODEL
 
 MAX_EXAMPLES = 60
 DIGIT_PNG = (ROOT / "app" / "assets" / "selftest-7.png").read_bytes()  # a real test-split 7

@@ -24,7 +24,7 @@ from app.preprocess import (
     preprocess,
     to_mnist,
 )
-from training.data import DigitData
+from tests.support.digits import Sample
 
 MAX_PIXELS = 40_000_000  # well above a 12 MP photo, well below Pillow's own bomb limit (89 M)
 FIRST_OF_EACH_DIGIT = [i * 100 for i in range(10)]  # the test split is sorted by digit, 100 each
@@ -39,9 +39,9 @@ COPY_CORRELATION = 0.88
 
 
 @pytest.fixture(scope="module")
-def digits(sample: DigitData) -> np.ndarray:
+def digits(sample: Sample) -> np.ndarray:
     """uint8 (10, 28, 28): the first test image of each digit 0..9."""
-    return sample.test.images.numpy()[FIRST_OF_EACH_DIGIT]
+    return sample.test.images[FIRST_OF_EACH_DIGIT]
 
 
 # --- building uploads --------------------------------------------------------------------------

@@ -14,9 +14,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from tests.conftest import ROOT, png_bytes
-from tests.live_server import MAKE_RUN, LiveServer, free_port, live_server
-from training.data import DigitData
+from tests.support.digits import Sample
+from tests.support.live_server import MAKE_RUN, LiveServer, free_port, live_server
+from tests.support.service import ROOT, png_bytes
 
 WORKERS = 2
 
@@ -44,12 +44,12 @@ def predict_count(metrics: str) -> float:
     return sum(float(value) for value in re.findall(pattern, metrics, re.MULTILINE))
 
 
-def test_metrics_of_all_workers_add_up(tmp_path: Path, sample: DigitData) -> None:
+def test_metrics_of_all_workers_add_up(tmp_path: Path, sample: Sample) -> None:
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"), "DIGITSUM_TORCH_THREADS": "1"}
     (tmp_path / "prometheus").mkdir()
     with live_server(tmp_path / "serve.log", env, ["--workers", str(WORKERS)], launcher=MAKE_RUN) as server:
         wait_all_ready(server)
-        png = png_bytes(sample.test.images[0].numpy())
+        png = png_bytes(sample.test.images[0])
         statuses = [post_digit(server, png, n % 10) for n in range(40)]
         assert statuses == [200] * 40
         metrics = server.get("/metrics")[1]

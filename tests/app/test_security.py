@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.middleware import RequestIdFilter
 from app.settings import Settings
-from tests.conftest import ROOT, SHIPPED_MODEL
+from tests.support.service import ROOT, SHIPPED_MODEL
 
 FOREIGN, OURS = "https://evil.example", "https://digits.example"
 PREFLIGHT = {"Access-Control-Request-Method": "POST"}

@@ -21,8 +21,8 @@ from prometheus_client import REGISTRY
 from app.main import create_app
 from app.predictor import Predictor
 from app.settings import Settings
-from tests.conftest import SHIPPED_MODEL, png_bytes, wait_ready
-from training.data import DigitData
+from tests.support.digits import Sample
+from tests.support.service import SHIPPED_MODEL, png_bytes, wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,8 @@ def predictor(tight: TestClient) -> Predictor:
 
 
 @pytest.fixture
-def image(sample: DigitData) -> bytes:
-    return png_bytes(sample.test.images[0].numpy())
+def image(sample: Sample) -> bytes:
+    return png_bytes(sample.test.images[0])
 
 
 @pytest.fixture

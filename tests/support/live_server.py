@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import ROOT, SHIPPED_MODEL
+from tests.support.service import ROOT, SHIPPED_MODEL
 
 UVICORN = ("uvicorn", "app.main:app")
 MAKE_RUN = ("app.serve", "--log-config", "app/log_config.json")  # + --workers N

@@ -7,7 +7,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import SHIPPED_MODEL
+from tests.support.service import SHIPPED_MODEL
 from training.data import DigitData, PairedDigits
 
 
