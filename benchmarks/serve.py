@@ -1,8 +1,10 @@
-"""Serving speed on this machine: the service vs the tutorial FastAPI server vs LitServe vs the bare model.
+"""Serving speed on this machine: the service vs the tutorial FastAPI server vs LitServe, BentoML and Ray Serve
+vs the framework alone vs the bare model, and the service's cost curve.
 
-    python benchmarks/serve.py                       # 10 s per point at 1, 16 and 64 connections
+    python benchmarks/serve.py                       # 10 s per point at 1, 16, 64 and 256 connections
     python benchmarks/serve.py --seconds 5 --only service --connections 64
     python benchmarks/serve.py --only litserve --litserve-args "--max-batch-size 32 --batch-timeout 0.005"
+    python benchmarks/serve.py --sweep 5 --profile 8  # tune the three peers first, then py-spy every server
 
 Every server serves models/digitsum.pt with app.preprocess.preprocess and gets the same load: wrk (one
 thread) driving benchmarks/multipart.lua, which rotates through 1,000 multipart bodies built here from the
@@ -13,7 +15,17 @@ check one answer, warm up until every worker answers 200, measure each connectio
     (b)  naive     benchmarks/naive_server.py: decode and forward inside an async handler, no batching
     (b1) naive     the same with OMP_NUM_THREADS=1, to show how much of (a)/(b) is torch's thread default
     (c)  litserve  benchmarks/litserve_server.py: LitServe's batching (settings: --litserve-args)
+    (c2) bentoml   benchmarks/bentoml_server.py: BentoML's adaptive batching (settings: --bentoml-args)
+    (c3) rayserve  benchmarks/rayserve_server.py: Ray Serve, @serve.batch behind its HTTP proxy (--rayserve-args)
+    (e)  framework benchmarks/floor_server.py: FastAPI + uvicorn as `make run` lays them out, the same form,
+                   a constant answer: what the framework alone costs
     (d)  floor     the TorchScript forward alone on preprocessed tensors, no HTTP, batch 1 and 64
+
+--sweep tries each peer's settings (LITSERVE_SWEEP, BENTOML_SWEEP, RAYSERVE_SWEEP) at the most connections
+first and then measures it with its best. A peer that cannot start here is reported with its error, not
+dropped. The cost curve of (a) adds upload sizes (--sizes, at --size-connections; (e) too, for the
+framework's share) and images/s of POST /predict/batch at 1, 16 and 64 images per request (--batches),
+and plots it all to benchmarks/results/cost_curve.png.
 
 Writes a markdown table to stdout and to benchmarks/results/serve.md. The machine is shared: the report
 states the load average, and CPU ms per request (CPU time of the server's processes / requests) is the
@@ -70,9 +82,28 @@ LITSERVE_SWEEP = [
     "--max-batch-size 32 --batch-timeout 0.005 --torch-threads 1 --workers 1 --api-servers 1",
     "--max-batch-size 16 --batch-timeout 0.002 --workers 1 --api-servers 1",
 ]
-SERVERS = ("service", "before", "naive", "naive1", "litserve")
+# BentoML's and Ray Serve's settings tried by --sweep (on 2 cores: a few, each a restart of the whole stack)
+BENTOML_BEST = "--max-batch-size 32 --max-latency-ms 1000 --api-workers 2 --model-workers 1"
+BENTOML_SWEEP = [
+    BENTOML_BEST,
+    "--max-batch-size 64 --max-latency-ms 60000 --api-workers 2 --model-workers 1",
+    "--max-batch-size 16 --max-latency-ms 1000 --api-workers 1 --model-workers 1",
+    "--max-batch-size 100 --max-latency-ms 60000 --api-workers 1 --model-workers 1",  # BentoML's defaults
+]
+RAYSERVE_BEST = "--max-batch-size 16 --batch-wait-timeout-s 0.002 --replicas 2"
+RAYSERVE_SWEEP = [
+    RAYSERVE_BEST,
+    "--max-batch-size 32 --batch-wait-timeout-s 0.005 --replicas 2",
+    "--max-batch-size 16 --batch-wait-timeout-s 0.002 --replicas 1",
+    "--max-batch-size 64 --batch-wait-timeout-s 0.01 --replicas 1",
+]
+PEERS = {"litserve": LITSERVE_SWEEP, "bentoml": BENTOML_SWEEP, "rayserve": RAYSERVE_SWEEP}
+SERVERS = ("service", "before", "naive", "naive1", "litserve", "bentoml", "rayserve", "framework")
 LABELS = {"service": "(a) service", "before": "(a0) service before", "naive": "(b) naive FastAPI",
-          "naive1": "(b1) naive, 1 torch thread", "litserve": "(c) LitServe"}  # fmt: skip
+          "naive1": "(b1) naive, 1 torch thread", "litserve": "(c) LitServe", "bentoml": "(c2) BentoML",
+          "rayserve": "(c3) Ray Serve", "framework": "(e) framework floor"}  # fmt: skip
+SCRIPTS = {"litserve": "litserve_server.py", "bentoml": "bentoml_server.py", "rayserve": "rayserve_server.py"}
+READY = {"litserve": "/health", "bentoml": "/readyz", "rayserve": "/healthz"}
 
 
 @dataclass
@@ -85,6 +116,9 @@ class Point:
     errors: int  # non-2xx answers + socket errors (connect, read, write, timeout)
     cpu_cores: float  # CPU time of the server's processes per wall second
     load: float  # 1-minute load average right after the point
+    upload: str = "28x28 PNG"  # what each request carries (UPLOADS)
+    images: int = 1  # images per request: 1 for /predict, the batch for /predict/batch
+    series: str = "connections"  # which table it belongs to: connections, size (upload sizes) or batch
 
     @property
     def cpu_ms(self) -> float:
@@ -100,21 +134,63 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def multipart_body(png: bytes, number: int) -> bytes:
+def file_part(name: str, data: bytes) -> bytes:
+    kind = "jpeg" if data[:2] == b"\xff\xd8" else "png"
+    head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="digit.{kind}"\r\n'
+            f"Content-Type: image/{kind}\r\n\r\n")  # fmt: skip
+    return head.encode() + data + b"\r\n"
+
+
+def field_part(name: str, value: int) -> bytes:
+    return f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+
+
+def multipart_body(image: bytes, number: int) -> bytes:
     """The body a browser form sends: the image file, then the number field."""
-    head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="digit.png"\r\n'
-            "Content-Type: image/png\r\n\r\n")  # fmt: skip
-    tail = f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="number"\r\n\r\n{number}\r\n--{BOUNDARY}--\r\n'
-    return head.encode() + png + tail.encode()
+    return file_part("image", image) + field_part("number", number) + f"--{BOUNDARY}--\r\n".encode()
 
 
-def write_bodies(images: np.ndarray, out: Path) -> list[bytes]:
-    """(N, 28, 28) uint8 -> N body files for multipart.lua; image i is sent with number i % 10."""
-    bodies = [multipart_body(png_bytes(pixels), i % 10) for i, pixels in enumerate(images)]
+def batch_body(images: list[bytes], numbers: list[int]) -> bytes:
+    """POST /predict/batch's form: the `images` files, then one `numbers` field per image, in order."""
+    parts = [file_part("images", image) for image in images] + [field_part("numbers", n) for n in numbers]
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def write_bodies(bodies: list[bytes], out: Path) -> Path:
+    """Body files for multipart.lua in `out` (made here)."""
+    out.mkdir(parents=True, exist_ok=True)
     for i, body in enumerate(bodies):
         (out / f"body_{i:04d}.bin").write_bytes(body)
     (out / "boundary.txt").write_text(BOUNDARY)
-    return bodies
+    return out
+
+
+# upload name -> (width, height, format, bodies): the test split's own PNGs, a canvas drawing, phone photos
+UPLOADS = {
+    "28x28 PNG": (28, 28, "PNG", 1000),
+    "280x280 PNG": (280, 280, "PNG", 100),
+    "1 MP JPEG": (1152, 864, "JPEG", 16),
+    "12 MP JPEG": (4032, 3024, "JPEG", 6),
+}
+
+
+def upload_bytes(digit: np.ndarray, name: str, rng: np.random.Generator) -> bytes:
+    """A test digit as the upload `name`: 28x28 as MNIST has it; 280x280 upscaled, white on black, like a
+    canvas; a photo: dark ink over a third of the frame on lit, grainy paper, JPEG quality 90 (a 12 MP one
+    is ~4 MB, as phones write them)."""
+    width, height, kind, _ = UPLOADS[name]
+    if kind == "PNG":
+        return png_bytes(np.asarray(Image.fromarray(digit).resize((width, height), Image.Resampling.BICUBIC)))
+    side = height // 3
+    ink = np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC), np.float32) / 255
+    light = np.linspace(215, 175, width, dtype=np.float32)[None, :] + np.zeros((height, 1), np.float32)  # (H, W)
+    top, left = int(rng.integers(0, height - side)), int(rng.integers(0, width - side))
+    light[top : top + side, left : left + side] *= 1 - 0.8 * ink
+    grain = rng.standard_normal((height, width, 3), dtype=np.float32) * 6
+    photo = np.clip(light[..., None] * np.array([1.0, 0.97, 0.9], np.float32) + grain, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
 
 
 def run_wrk(url: str, body_dir: Path, count: int, connections: int, seconds: int) -> dict[str, object]:
@@ -168,9 +244,11 @@ def server_command(name: str, port: int, args: argparse.Namespace) -> tuple[list
         command = [sys.executable, "-m", "uvicorn", "benchmarks.naive_server:app", "--host", "127.0.0.1",
                    "--port", str(port), "--no-access-log"]  # fmt: skip
         return command, "/healthz", {"OMP_NUM_THREADS": "1"} if name == "naive1" else {}
-    assert name == "litserve", name
-    script = str(ROOT / "benchmarks" / "litserve_server.py")
-    return [sys.executable, script, "--port", str(port), *shlex.split(args.litserve_args)], "/health", {}
+    if name == "framework":  # as many processes as (a)
+        script = str(ROOT / "benchmarks" / "floor_server.py")
+        return [sys.executable, script, "--port", str(port), "--workers", args.workers], "/healthz", {}
+    script = str(ROOT / "benchmarks" / SCRIPTS[name])
+    return [sys.executable, script, "--port", str(port), *shlex.split(getattr(args, f"{name}_args"))], READY[name], {}
 
 
 def get_status(port: int, path: str) -> int:
@@ -182,11 +260,20 @@ def get_status(port: int, path: str) -> int:
         return 0
 
 
-def post(port: int, body: bytes) -> tuple[int, dict[str, object]]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    connection.request("POST", "/predict", body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+def post(port: int, body: bytes, path: str = "/predict") -> tuple[int, object]:
+    """(status, the JSON answer, or its text where it is not JSON)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("POST", path, body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
     response = connection.getresponse()
-    return response.status, json.loads(response.read())
+    data = response.read()
+    try:
+        return response.status, json.loads(data)
+    except ValueError:
+        return response.status, data[:200].decode(errors="replace")
+
+
+class ServerFailed(Exception):
+    """A server that did not start or did not answer right; the message ends with its log's tail."""
 
 
 def start(name: str, args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -196,93 +283,196 @@ def start(name: str, args: argparse.Namespace, log: Path) -> tuple[subprocess.Po
     with log.open("wb") as out:  # its own session, so stop() reaches LitServe's and uvicorn's worker processes
         process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env},
                                    start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while get_status(port, ready_path) != 200:
         if process.poll() is not None or time.monotonic() > deadline:
             stop(process)
-            raise SystemExit(f"{name} did not become ready; its log:\n{log.read_text()[-3000:]}")
+            raise ServerFailed(f"{name} did not become ready; its log ends:\n{log_tail(log)}")
         time.sleep(0.2)
     return process, port
 
 
+def log_tail(log: Path, lines: int = 15) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's process group, then SIGKILL to whatever is left of it (LitServe can leave a child)."""
-    for sig, timeout in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+    """SIGTERM to the server's process group, then SIGKILL to whatever is left of it (LitServe can leave a child),
+    and to any process it started in a session of its own (Ray's)."""
+    family = processes_of(process.pid)
+    for sig, timeout in ((signal.SIGTERM, 30), (signal.SIGKILL, 5)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
-            return
+            break
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             continue
         time.sleep(0.5)  # let the workers exit on their own before the SIGKILL round
+    for pid in processes_of(process.pid) | (family & processes_of(None)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
-def session_cpu_s(sid: int) -> float:
-    """User + system CPU seconds of every live process in session `sid` (the server and its workers)."""
-    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+def proc_table() -> dict[int, tuple[int, int, float]]:
+    """pid -> (parent pid, session id, user + system CPU seconds) of every live process."""
+    table, tick = {}, os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split() if entry.name.isdigit() else []
         except OSError:
             continue
-        if fields and int(fields[3]) == sid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+        if fields:
+            table[int(entry.name)] = (int(fields[1]), int(fields[3]), (int(fields[11]) + int(fields[12])) / tick)
+    return table
 
 
-def warm_up(
-    name: str, port: int, url: str, body_dir: Path, bodies: list[bytes], labels: np.ndarray, args: argparse.Namespace
-) -> None:
+def processes_of(pid: int | None, table: dict[int, tuple[int, int, float]] | None = None) -> set[int]:
+    """The live processes of server `pid`: its session and every descendant; None: every live process."""
+    table = proc_table() if table is None else table
+    if pid is None:
+        return set(table)
+    found = {p for p, (_, sid, _) in table.items() if sid == pid} | {pid} & set(table)
+    while grown := {p for p, (parent, _, _) in table.items() if parent in found} - found:
+        found |= grown
+    return found
+
+
+def session_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of every live process of the server (its session and descendants)."""
+    table = proc_table()
+    return sum(table[p][2] for p in processes_of(pid, table))
+
+
+@dataclass
+class Load:
+    """What the servers are sent: bodies (the 1,000 test PNGs) and their labels in `dir`, the other upload sizes
+    ({name: (folder, count)}) and the batch bodies ({images per request: (folder, count)})."""
+
+    dir: Path
+    bodies: list[bytes]
+    labels: np.ndarray
+    sizes: dict[str, tuple[Path, int]]
+    batches: dict[int, tuple[Path, int]]
+
+
+def make_load(images: np.ndarray, labels: np.ndarray, tmp: Path, args: argparse.Namespace) -> Load:
+    """(N, 28, 28) uint8 -> the bodies; image i is sent with number i % 10."""
+    rng = np.random.default_rng(0)
+    bodies = [multipart_body(png_bytes(pixels), i % 10) for i, pixels in enumerate(images)]
+    sizes = {}
+    for name in args.sizes:
+        if name == "28x28 PNG":
+            sizes[name] = (tmp, len(bodies))
+            continue
+        count = UPLOADS[name][3]
+        files = [multipart_body(upload_bytes(images[i], name, rng), i % 10) for i in range(count)]
+        sizes[name] = (write_bodies(files, tmp / f"upload-{len(sizes)}"), count)
+    batches = {}
+    for n in args.batches:
+        pngs = [png_bytes(pixels) for pixels in images]
+        files = [batch_body(pngs[i : i + n], [j % 10 for j in range(i, i + n)]) for i in range(0, len(pngs) - n + 1, n)]
+        batches[n] = (write_bodies(files[:200], tmp / f"batch-{n}"), min(len(files), 200))
+    return Load(write_bodies(bodies, tmp), bodies, labels, sizes, batches)
+
+
+def warm_up(name: str, port: int, url: str, load: Load, args: argparse.Namespace) -> None:
     """One right answer, then load until a warm-up run is error-free (with several workers, all must be ready)."""
     deadline = time.monotonic() + 120
-    while (answer := post(port, bodies[0]))[0] == 503 and time.monotonic() < deadline:
+    while (answer := post(port, load.bodies[0]))[0] == 503 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert answer[0] == 200 and answer[1]["digit"] == labels[0], (name, answer)
+    right = answer[0] == 200 and isinstance(answer[1], dict)
+    if not (right and (name == "framework" or answer[1]["digit"] == load.labels[0])):  # type: ignore[index]
+        raise ServerFailed(f"{name} answered {answer} to the first test digit (a {load.labels[0]})")
     for _ in range(10):
-        if errors_of(run_wrk(url, body_dir, len(bodies), max(args.connections), args.warmup)) == 0:
+        if errors_of(run_wrk(url, load.dir, len(load.bodies), max(args.connections), args.warmup)) == 0:
             return
-    raise SystemExit(f"{name} still answers errors after 10 warm-up runs")
+    raise ServerFailed(f"{name} still answers errors after 10 warm-up runs")
 
 
-def measure(
-    name: str, args: argparse.Namespace, body_dir: Path, bodies: list[bytes], labels: np.ndarray
-) -> list[Point]:
-    process, port = start(name, args, body_dir / f"{name}.log")
+def point(name: str, pid: int, url: str, body_dir: Path, count: int, connections: int, seconds: int,
+          upload: str = "28x28 PNG", images: int = 1, series: str = "connections") -> Point:  # fmt: skip
+    """One wrk run: its requests/s, latency, errors and the server's CPU."""
+    cpu, wall = session_cpu_s(pid), time.perf_counter()
+    r = run_wrk(url, body_dir, count, connections, seconds)
+    cores = (session_cpu_s(pid) - cpu) / (time.perf_counter() - wall)
+    rps = int(r["requests"]) / (int(r["duration_us"]) / 1e6)  # type: ignore[call-overload]
+    p = Point(name, connections, rps, int(r["p50_us"]) / 1000, int(r["p99_us"]) / 1000, errors_of(r), cores,  # type: ignore[call-overload]
+              os.getloadavg()[0], upload, images, series)  # fmt: skip
+    print(f"  {name:9s} c={connections:3d} {upload:11s} x{images:<2d}: {p.rps:6.0f} req/s  p50 {p.p50_ms:6.1f} ms  "
+          f"p99 {p.p99_ms:6.1f} ms  errors {p.errors}  {cores:.2f} cores  {p.cpu_ms:.2f} CPU ms/req  "
+          f"load {p.load:.2f}  {r['statuses']}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return p
+
+
+BATCH_NOTE: list[str] = []  # why the batch points are missing, if they are
+FAILURES: dict[str, str] = {}  # server -> why it could not run here
+
+
+def batch_points(pid: int, port: int, load: Load, args: argparse.Namespace) -> list[Point]:
+    """images/s of POST /predict/batch at each batch size, if the service has it."""
+    first = next(iter(load.batches.values()))[0] / "body_0000.bin"
+    status, answer = post(port, first.read_bytes(), "/predict/batch")
+    if status != 200:
+        BATCH_NOTE.append(f"POST /predict/batch answered {status} {json.dumps(answer)[:160]}: "
+                          + ("this branch has no batch endpoint yet." if status in (404, 405) else "not measured."))  # fmt: skip
+        print(f"  {BATCH_NOTE[-1]}", file=sys.stderr)
+        return []
+    url = f"http://127.0.0.1:{port}/predict/batch"
+    points = []
+    for n, (body_dir, count) in load.batches.items():
+        run_wrk(url, body_dir, count, args.batch_connections, 1)  # warm-up at this size
+        points.append(point("service", pid, url, body_dir, count, args.batch_connections, args.seconds, images=n,
+                            series="batch"))  # fmt: skip
+    return points
+
+
+def measure(name: str, args: argparse.Namespace, load: Load) -> list[Point]:
+    process, port = start(name, args, load.dir / f"{name}.log")
     url = f"http://127.0.0.1:{port}/predict"
     try:
-        warm_up(name, port, url, body_dir, bodies, labels, args)
-        points = []
-        for connections in args.connections:
-            cpu, wall = session_cpu_s(process.pid), time.perf_counter()
-            r = run_wrk(url, body_dir, len(bodies), connections, args.seconds)
-            cores = (session_cpu_s(process.pid) - cpu) / (time.perf_counter() - wall)
-            rps = int(r["requests"]) / (int(r["duration_us"]) / 1e6)  # type: ignore[call-overload]
-            p = Point(name, connections, rps, int(r["p50_us"]) / 1000, int(r["p99_us"]) / 1000,  # type: ignore[call-overload]
-                      errors_of(r), cores, os.getloadavg()[0])  # fmt: skip
-            points.append(p)
-            print(f"  {name:9s} c={connections:3d}: {p.rps:6.0f} req/s  p50 {p.p50_ms:6.1f} ms  "
-                  f"p99 {p.p99_ms:6.1f} ms  errors {p.errors}  {cores:.2f} cores  {p.cpu_ms:.2f} CPU ms/req  "
-                  f"load {p.load:.2f}  {r['statuses']}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+        warm_up(name, port, url, load, args)
+        points = [point(name, process.pid, url, load.dir, len(load.bodies), c, args.seconds) for c in args.connections]
+        if name in args.size_servers:
+            for upload, (body_dir, count) in load.sizes.items():
+                run_wrk(url, body_dir, count, args.size_connections, 1)  # warm-up at this size
+                points.append(point(name, process.pid, url, body_dir, count, args.size_connections, args.seconds,
+                                    upload, series="size"))  # fmt: skip
+        if name == "service" and load.batches:
+            points += batch_points(process.pid, port, load, args)
         if args.profile:
-            PROFILES[name] = profile(process.pid, url, body_dir, len(bodies), max(args.connections), args.profile)
+            PROFILES[name] = profile(process.pid, url, load.dir, len(load.bodies), max(args.connections), args.profile)
         return points
+    except ServerFailed as exc:
+        raise ServerFailed(f"{exc}\nits log ends:\n{log_tail(load.dir / f'{name}.log')}") from None
     finally:
         stop(process)
 
 
-SWEEP: list[tuple[str, Point]] = []  # (LitServe arguments, its point at the most connections)
+SWEEPS: dict[str, list[tuple[str, Point | str]]] = {}  # peer -> (its arguments, its point at the most connections
+#                                                       or why it failed)
 
 
-def sweep(args: argparse.Namespace, body_dir: Path, bodies: list[bytes], labels: np.ndarray) -> None:
-    """LitServe under each setting of LITSERVE_SWEEP at the most connections, for --litserve-args."""
+def sweep(name: str, args: argparse.Namespace, load: Load) -> None:
+    """The peer under each of its PEERS settings (the first --sweep-settings) at the most connections; its
+    arguments become the best error-free of them by requests/s."""
     settings = argparse.Namespace(**{**vars(args), "connections": [max(args.connections)], "seconds": args.sweep,
-                                     "profile": 0})  # fmt: skip
-    for litserve_args in LITSERVE_SWEEP:
-        settings.litserve_args = litserve_args
-        SWEEP.append((litserve_args, measure("litserve", settings, body_dir, bodies, labels)[0]))
+                                     "profile": 0, "size_servers": [], "batches": []})  # fmt: skip
+    tried = SWEEPS.setdefault(name, [])
+    for peer_args in PEERS[name][: args.sweep_settings]:
+        setattr(settings, f"{name}_args", peer_args)
+        try:
+            tried.append((peer_args, measure(name, settings, load)[0]))
+        except (ServerFailed, AssertionError) as exc:
+            tried.append((peer_args, str(exc)))
+            print(f"  {name} `{peer_args}` failed: {exc}", file=sys.stderr)
+    good = [(a, p) for a, p in tried if isinstance(p, Point) and p.errors == 0]
+    if good:
+        setattr(args, f"{name}_args", max(good, key=lambda t: t[1].rps)[0])
 
 
 # --- the profile --------------------------------------------------------------------------------
@@ -299,9 +489,14 @@ STAGES = [
     ("metrics (prometheus_client)", ("(prometheus_client/",)),
     ("batching and results (app/batching, predictor, model; LitServe loops)", ("(app/batching.py", "(app/predictor.py",
                                                                              "(app/model.py", "(litserve/loops/")),
+    ("peer runtime (Ray actors and RPC, BentoML's dispatcher, clients and supervisor)",
+     ("(ray/", "(_raylet", "(grpc/", "(_bentoml_impl/", "(_bentoml_sdk/", "(bentoml/", "(circus/", "(httpx/",
+      "(httpcore/", "(aiohttp/", "(h11/")),
     ("thread hops (anyio, concurrent.futures)", ("(anyio/", "(concurrent/futures/", "(threading.py")),
     ("framework and handler (fastapi, starlette, app, litserve)", ("(fastapi/", "(starlette/", "(app/", "(litserve/",
-                                                                   "(naive_server.py", "(litserve_server.py")),
+                                                                   "(naive_server.py", "(litserve_server.py",
+                                                                   "(floor_server.py", "(bentoml_server.py",
+                                                                   "(rayserve_server.py")),
     ("HTTP server (uvicorn, httptools)", ("(uvicorn/",)),
     ("event loop (asyncio, uvloop)", ("(asyncio/", "(uvloop/")),
 ]  # fmt: skip
@@ -398,93 +593,252 @@ def ratio(x: float, y: float | None) -> str:
 def report(points: list[Point], rates: dict[tuple[str, int, int], float], preprocess_ms: float,
            args: argparse.Namespace, loads: tuple[float, float]) -> str:  # fmt: skip
     command = " ".join(["python benchmarks/serve.py", *args.argv])
+    peers = ", ".join(f"({LABELS[s].split()[0][1:-1]}) `benchmarks/{SCRIPTS[s]} {getattr(args, f'{s}_args')}`"
+                      for s in PEERS if s in args.only)  # fmt: skip
     lines = [
         f"Serving benchmark, {datetime.date.today()}, {os.cpu_count()} CPU cores shared with other jobs, `{command}`: "
-        f"wrk -t1, {args.seconds} s per point after warm-up, 1,000 test-split PNGs rotated. "
+        f"wrk -t1, {args.seconds} s per point after warm-up, 1,000 test-split PNGs rotated. Each server runs alone. "
         f"Load average (1 min) {loads[0]:.2f} at the start, {loads[1]:.2f} at the end.",
         "",
         f"(a) `make run` with {args.workers} worker{'s' * (args.workers != '1')}"
         + (f" and `{' '.join(args.service_env)}`" if args.service_env else "")
         + (f". (a0) `make run` as it was at `{args.before}`" if args.before else "")
-        + f". (c) `benchmarks/litserve_server.py {args.litserve_args}`. Errors: non-2xx answers plus socket errors. "
-        "cores: CPU time of the server's processes per second; CPU ms/request: that time per answered request. "
-        "load: the 1-minute load average after the point, which counts the benchmark's own runnable threads too.",
+        + (f". {peers}" if peers else "")
+        + f". (e) `benchmarks/floor_server.py --workers {args.workers}`. Errors: non-2xx answers plus socket errors. "
+        "cores: CPU time of the server's processes (its session and every descendant) per second; CPU ms/request: "
+        "that time per answered request. load: the 1-minute load average after the point, which counts the "
+        "benchmark's own runnable threads too.",
         "",
         "| server | connections | requests/s | p50 ms | p99 ms | errors | cores | CPU ms/request | load |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for p in points:
+    plain = [p for p in points if p.series == "connections"]
+    for p in plain:
         lines.append(f"| {LABELS[p.server]} | {p.connections} | {p.rps:,.0f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | "
                      f"{p.errors} | {p.cpu_cores:.2f} | {p.cpu_ms:.2f} | {p.load:.2f} |")  # fmt: skip
     for (layout, threads, batch), rate in sorted(rates.items()):
         cpu_ms = f"{1000 / rate:.2f}" if threads == 1 else "-"
         lines.append(f"| (d) forward {layout}, batch {batch}, {threads} thread{'s' * (threads > 1)} | - | "
                      f"{rate:,.0f} images/s | - | - | - | - | {cpu_ms} | - |")  # fmt: skip
-    by = {(p.server, p.connections): p for p in points}
-    if any(server == "service" for server, _ in by):
-        lines += ["", "| connections | (a)/(b) req/s | (a)/(b1) req/s | (a)/(c) req/s | (a)/(d) | (a)/(b) p50 "
-                  "| (a)/(b) p99 | (a)/(c) p99 |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-        for c in args.connections:
-            a, b, b1, lit = (by.get((s, c)) for s in ("service", "naive", "naive1", "litserve"))
-            if a is None:
-                continue
-            floor_rate = rates.get(("channels-last", 1, 1 if c == 1 else 64))
-            lines.append(f"| {c} | {ratio(a.rps, b and b.rps)} | {ratio(a.rps, b1 and b1.rps)} | "
-                         f"{ratio(a.rps, lit and lit.rps)} | {ratio(a.rps, floor_rate)} | "
-                         f"{ratio(a.p50_ms, b and b.p50_ms)} | "
-                         f"{ratio(a.p99_ms, b and b.p99_ms)} | {ratio(a.p99_ms, lit and lit.p99_ms)} |")  # fmt: skip
-        lines += ["", "(a)/(d): the service's requests/s over the bare channels-last forward's images/s on one thread "
-                  "(batch 1 for 1 connection, else 64). Latency ratios under 1 mean (a) is faster."]  # fmt: skip
+    for server, why in FAILURES.items():
+        first = why.splitlines()[0] if why else "failed"
+        lines.append(f"| {LABELS[server]} | - | could not run here: {first} (below) | - | - | - | - | - | - |")
+    by = {(p.server, p.connections): p for p in plain}
+    lines += ratios(by, rates, args) + targets(by) + cost_curve(points, rates, args)
     if rates:
         lines += ["", f"`app.preprocess.preprocess` on a 28x28 test PNG: {preprocess_ms:.2f} CPU ms per image."]
-    if SWEEP:
-        lines += ["", f"LitServe settings tried first, {args.sweep} s each at {max(args.connections)} connections "
-                  "(c) is the best of them by requests/s:", "",
-                  "| litserve_server.py arguments | requests/s | p50 ms | p99 ms | errors | cores | CPU ms/request |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-        for litserve_args, p in SWEEP:
-            lines.append(f"| `{litserve_args}` | {p.rps:,.0f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | {p.errors} | "
-                         f"{p.cpu_cores:.2f} | {p.cpu_ms:.2f} |")  # fmt: skip
-    if PROFILES:
-        servers = [s for s in SERVERS if s in PROFILES]
-        lines += ["", f"Where the CPU goes at {max(args.connections)} connections: py-spy (100 Hz, every process of "
-                  f"the server) during one more {args.profile} s run: CPU ms per request = the run's CPU ms per "
-                  "request x the "
-                  "stage's share of samples of threads not idle (running, or waiting for the GIL, which overstates "
-                  "GIL-bound stages in a crowded single process).", "",
-                  "| stage | " + " | ".join(LABELS[s] for s in servers) + " |",
-                  "|---|" + "---:|" * len(servers)]  # fmt: skip
-        shares = {server: {**PROFILES[server][0], "total": 1.0} for server in servers}
-        for stage in sorted(set().union(*shares.values()), key=lambda st: -shares[servers[0]].get(st, 0)):
-            cells = [f"{shares[sv].get(stage, 0) * PROFILES[sv][1]:.2f} ({100 * shares[sv].get(stage, 0):.0f}%)"
-                     for sv in servers]  # fmt: skip
-            lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    lines += sweeps(args) + failures() + profiles(args)
     return "\n".join(lines) + "\n"
+
+
+def ratios(by: dict[tuple[str, int], Point], rates: dict[tuple[str, int, int], float],
+           args: argparse.Namespace) -> list[str]:  # fmt: skip
+    others = [s for s in SERVERS[2:] if any(k[0] == s for k in by)]
+    if not any(server == "service" for server, _ in by):
+        return []
+    tag = {s: LABELS[s].split()[0] for s in others}
+    lines = ["", "| connections | " + " | ".join(f"(a)/{tag[s]} req/s" for s in others) + " | (a)/(d) | "
+             + " | ".join(f"(a)/{tag[s]} p99" for s in others) + " |",
+             "|---:|" + "---:|" * (2 * len(others) + 1)]  # fmt: skip
+    for c in args.connections:
+        a = by.get(("service", c))
+        if a is None:
+            continue
+        floor_rate = rates.get(("channels-last", 1, 1 if c == 1 else 64))
+        got = [by.get((s, c)) for s in others]
+        cells = [ratio(a.rps, o.rps if o else None) for o in got] + [ratio(a.rps, floor_rate)]
+        cells += [ratio(a.p99_ms, o.p99_ms if o else None) for o in got]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return lines + ["", "(a)/(d): the service's requests/s over the bare channels-last forward's images/s on one "
+                    "thread (batch 1 for 1 connection, else 64). Latency ratios under 1 mean (a) is faster."]  # fmt: skip
+
+
+def targets(by: dict[tuple[str, int], Point]) -> list[str]:
+    """The issue's targets at 64 and 1 connections, each met or missed, from this run's points."""
+    a64, a1 = by.get(("service", 64)), by.get(("service", 1))
+    peers64 = [by[(s, 64)] for s in PEERS if (s, 64) in by]
+    peers1 = [by[(s, 1)] for s in PEERS if (s, 1) in by]
+    if a64 is None or not peers64:
+        return []
+    best = max(peers64, key=lambda p: p.rps)
+    lines = ["", "Targets (this run):", "", "| target | measured | met |", "|---|---|---|"]
+
+    def row(target: str, measured: str, met: bool) -> None:
+        lines.append(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
+
+    row("64 connections: (a) >= 2x the requests/s of the best-tuned peer", f"(a) {a64.rps:,.0f} / "
+        f"{LABELS[best.server]} {best.rps:,.0f} = {a64.rps / best.rps:.2f}x", a64.rps >= 2 * best.rps)  # fmt: skip
+    row("64 connections: (a)'s p99 lower than that peer's, no errors",
+        f"{a64.p99_ms:.1f} vs {best.p99_ms:.1f} ms, {a64.errors} errors", a64.p99_ms < best.p99_ms and a64.errors == 0)
+    if a1 is not None and peers1:
+        fastest = min(peers1, key=lambda p: p.p50_ms)
+        row("1 connection: (a)'s p50 no higher than the fastest peer's",
+            f"{a1.p50_ms:.2f} vs {LABELS[fastest.server]} {fastest.p50_ms:.2f} ms", a1.p50_ms <= fastest.p50_ms)
+        if (naive := by.get(("naive", 1))) is not None:
+            row("1 connection: (a)'s p50 within 1.1x of the tutorial server's (b)",
+                f"{a1.p50_ms:.2f} / {naive.p50_ms:.2f} ms = {a1.p50_ms / naive.p50_ms:.2f}x",
+                a1.p50_ms <= 1.1 * naive.p50_ms)  # fmt: skip
+    row("64 connections: (a) CPU ms per request <= 1.0", f"{a64.cpu_ms:.2f}", a64.cpu_ms <= 1.0)
+    return lines
+
+
+def cost_curve(points: list[Point], rates: dict[tuple[str, int, int], float], args: argparse.Namespace) -> list[str]:
+    """(a)'s cost by connections, by upload size (and (e)'s beside it) and by images per request."""
+    curve = [p for p in points if p.server == "service" and p.series == "connections"]
+    sizes = [p for p in points if p.series == "size"]
+    batches = [p for p in points if p.series == "batch"]
+    if not curve:
+        return []
+    lines = ["", "Cost curve of (a) (benchmarks/results/cost_curve.png plots it), with (e) at each upload size:", "",
+             "| load | requests/s | images/s | p50 ms | p99 ms | errors | cores | CPU ms/request | CPU ms/image "
+             "| load avg |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+
+    def row(what: str, p: Point) -> None:
+        lines.append(f"| {what} | {p.rps:,.0f} | {p.rps * p.images:,.0f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | "
+                     f"{p.errors} | {p.cpu_cores:.2f} | {p.cpu_ms:.2f} | {p.cpu_ms / p.images:.2f} | {p.load:.2f} |")
+
+    for p in curve:
+        row(f"(a) {p.connections} connections, 28x28 PNG", p)
+    for p in sizes:
+        row(f"{LABELS[p.server].split()[0]} {p.connections} connections, {p.upload}", p)
+    for p in batches:
+        row(f"(a) POST /predict/batch, {p.images} image{'s' * (p.images > 1)} per request, "
+            f"{p.connections} connections", p)  # fmt: skip
+    for batch in sorted({p.images for p in batches}):
+        if (rate := rates.get(("channels-last", 1, batch))) is not None:
+            lines.append(f"| (d) bare forward, batch {batch}, 1 thread | - | {rate:,.0f} | - | - | - | 1.00 | - | "
+                         f"{1000 / rate:.2f} | - |")  # fmt: skip
+    if BATCH_NOTE:
+        lines += ["", BATCH_NOTE[0]]
+    return lines
+
+
+def sweeps(args: argparse.Namespace) -> list[str]:
+    lines = []
+    for name, tried in SWEEPS.items():
+        lines += ["", f"{LABELS[name]} settings tried first, {args.sweep} s each at {max(args.connections)} "
+                  f"connections; {LABELS[name].split()[0]} is the best error-free of them by requests/s "
+                  f"(`{getattr(args, f'{name}_args')}`):", "",
+                  f"| {SCRIPTS[name]} arguments | requests/s | p50 ms | p99 ms | errors | cores | CPU ms/request "
+                  "| load |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for peer_args, p in tried:
+            if isinstance(p, Point):
+                lines.append(f"| `{peer_args}` | {p.rps:,.0f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | {p.errors} | "
+                             f"{p.cpu_cores:.2f} | {p.cpu_ms:.2f} | {p.load:.2f} |")  # fmt: skip
+            else:
+                lines.append(f"| `{peer_args}` | failed: {p.splitlines()[0]} | - | - | - | - | - | - |")
+    return lines
+
+
+def failures() -> list[str]:
+    lines = []
+    for server, why in FAILURES.items():
+        lines += ["", f"{LABELS[server]} could not run here:", "", "```", why.strip(), "```"]
+    return lines
+
+
+def profiles(args: argparse.Namespace) -> list[str]:
+    if not PROFILES:
+        return []
+    servers = [s for s in SERVERS if s in PROFILES]
+    lines = ["", f"Where the CPU goes at {max(args.connections)} connections: py-spy (100 Hz, every process of "
+             f"the server) during one more {args.profile} s run: CPU ms per request = the run's CPU ms per "
+             "request x the stage's share of samples of threads not idle (running, or waiting for the GIL, which "
+             "overstates GIL-bound stages in a crowded single process). Native threads py-spy cannot see (Ray's "
+             "C++ core worker, raylet and GCS) are in the run's CPU but in no stage's samples.", "",
+             "| stage | " + " | ".join(LABELS[s] for s in servers) + " |", "|---|" + "---:|" * len(servers)]  # fmt: skip
+    shares = {server: {**PROFILES[server][0], "total": 1.0} for server in servers}
+    for stage in sorted(set().union(*shares.values()), key=lambda st: -shares[servers[0]].get(st, 0)):
+        cells = [f"{shares[sv].get(stage, 0) * PROFILES[sv][1]:.2f} ({100 * shares[sv].get(stage, 0):.0f}%)"
+                 for sv in servers]  # fmt: skip
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return lines
+
+
+# --- the plot -----------------------------------------------------------------------------------
+
+
+def plot(points: list[Point], rates: dict[tuple[str, int, int], float], args: argparse.Namespace, out: Path) -> None:
+    """cost_curve.png: requests/s, p50, p99 and CPU ms/request by connections for every server; (a) and (e) by
+    upload size; (a)'s images/s by images per request against the bare forward."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    plain = [p for p in points if p.series == "connections"]
+    panels = [("requests/s", lambda p: p.rps), ("p50 ms", lambda p: p.p50_ms), ("p99 ms", lambda p: p.p99_ms),
+              ("CPU ms / request", lambda p: p.cpu_ms)]  # fmt: skip
+    for ax, (title, value) in zip(axes.flat, panels, strict=False):
+        for server in SERVERS:
+            mine = sorted((p for p in plain if p.server == server), key=lambda p: p.connections)
+            if mine:
+                ax.plot([p.connections for p in mine], [value(p) for p in mine], "o-", label=LABELS[server],
+                        linewidth=3 if server == "service" else 1.2)  # fmt: skip
+        ax.set(xscale="log", title=f"{title} by connections (28x28 PNG)", xlabel="connections")
+        ax.set_xticks(args.connections, [str(c) for c in args.connections])
+        if title.startswith("p"):
+            ax.set_yscale("log")
+    axes[0, 0].legend(fontsize=8)
+    ax = axes[1, 1]
+    for server, shift in (("service", -0.2), ("framework", 0.2)):
+        mine = [p for p in points if p.server == server and p.series == "size"]
+        xs = [args.sizes.index(p.upload) + shift for p in mine]
+        ax.bar(xs, [p.cpu_ms for p in mine], width=0.4, label=LABELS[server])
+    ax.set_xticks(range(len(args.sizes)), args.sizes)
+    ax.set(yscale="log", title=f"CPU ms / request by upload, {args.size_connections} connections")
+    ax.legend(fontsize=8)
+    ax = axes[1, 2]
+    mine = sorted((p for p in points if p.series == "batch"), key=lambda p: p.images)
+    if mine:
+        ax.bar([str(p.images) for p in mine], [p.rps * p.images for p in mine], label="(a) POST /predict/batch")
+        ax.plot([str(p.images) for p in mine], [rates.get(("channels-last", 1, p.images), float("nan")) for p in mine],
+                "k^", markersize=10, label="(d) bare forward, 1 thread")  # fmt: skip
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, BATCH_NOTE[0] if BATCH_NOTE else "not measured", ha="center", va="center", wrap=True,
+                fontsize=9, transform=ax.transAxes)  # fmt: skip
+    ax.set(title=f"images/s by images per request, {args.batch_connections} connections",
+           xlabel="images per request")  # fmt: skip
+    fig.suptitle(f"DigitSum serving cost, {datetime.date.today()}, {os.cpu_count()} shared CPU cores "
+                 "(benchmarks/results/serve.md)")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="measurement per point")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of load before the first point of each server")
-    parser.add_argument("--connections", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 16, 64, 256])
     parser.add_argument(
         "--only",
         nargs="+",
         choices=[*SERVERS, "floor"],
         default=[*SERVERS, "floor"],
-        help="(a0) 'before' runs only with --before",
+        help="(a0) 'before' runs only with --before; 'floor' is (d), the bare forward",
     )
-    parser.add_argument("--workers", default=makefile_default("WORKERS"), help="WORKERS for `make run`")
+    parser.add_argument("--workers", default=makefile_default("WORKERS"), help="WORKERS for `make run` (and (e))")
     parser.add_argument("--service-env", nargs="*", default=[], help="env to try on (a), e.g. DIGITSUM_TORCH_THREADS=0")
     parser.add_argument("--litserve-args", default=LITSERVE_BEST, help="for benchmarks/litserve_server.py")
+    parser.add_argument("--bentoml-args", default=BENTOML_BEST, help="for benchmarks/bentoml_server.py")
+    parser.add_argument("--rayserve-args", default=RAYSERVE_BEST, help="for benchmarks/rayserve_server.py")
     parser.add_argument("--before", metavar="GIT_REF", help="also measure `make run` as it was at this commit, as (a0)")
     parser.add_argument(
         "--sweep",
         type=int,
         default=0,
         metavar="SECONDS",
-        help="first try each LitServe setting of LITSERVE_SWEEP this long at the most connections; (c) is the best",
+        help="first try each peer's settings (PEERS) this long at the most connections; each then uses its best",
     )
+    parser.add_argument("--sweep-settings", type=int, default=None, metavar="N", help="only the first N of each")
+    parser.add_argument("--sizes", nargs="*", default=list(UPLOADS), choices=list(UPLOADS), help="upload sizes")
+    parser.add_argument("--size-servers", nargs="*", default=["service", "framework"], choices=SERVERS)
+    parser.add_argument("--size-connections", type=int, default=16)
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 16, 64], help="images per POST /predict/batch")
+    parser.add_argument("--batch-connections", type=int, default=16)
     parser.add_argument(
         "--profile",
         type=int,
@@ -493,6 +847,7 @@ def main() -> None:
         help="after the points, py-spy each server this long at the most connections",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.md")
+    parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "cost_curve.png")
     args = parser.parse_args()
     args.argv = sys.argv[1:]
     assert all(re.fullmatch(r"\w+=.*", kv) for kv in args.service_env), "--service-env takes NAME=value"
@@ -502,10 +857,11 @@ def main() -> None:
     print(f"load average at start: {loads[0]:.2f}", file=sys.stderr)
     points: list[Point] = []
     with tempfile.TemporaryDirectory(prefix="digitsum-bench-") as tmp:
-        bodies = write_bodies(images, Path(tmp))
+        load = make_load(images, labels, Path(tmp), args)
         if args.sweep:
-            sweep(args, Path(tmp), bodies, labels)
-            args.litserve_args = max(SWEEP, key=lambda tried: tried[1].rps)[0]
+            for name in PEERS:
+                if name in args.only:
+                    sweep(name, args, load)
         if args.before:
             args.before_dir = Path(tmp) / "before"
             subprocess.run(["git", "worktree", "add", "--detach", str(args.before_dir), args.before], cwd=ROOT,
@@ -513,7 +869,11 @@ def main() -> None:
         try:
             for name in SERVERS:
                 if name in args.only and (name != "before" or args.before):
-                    points += measure(name, args, Path(tmp), bodies, labels)
+                    try:
+                        points += measure(name, args, load)
+                    except ServerFailed as exc:
+                        FAILURES[name] = str(exc)
+                        print(f"  {name} failed: {exc}", file=sys.stderr)
         finally:
             if args.before:
                 subprocess.run(["git", "worktree", "remove", "--force", str(args.before_dir)], cwd=ROOT, check=True)
@@ -523,6 +883,8 @@ def main() -> None:
     print(text)
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(text)
+    if args.plot and points:
+        plot(points, rates, args, args.plot)
 
 
 if __name__ == "__main__":
