@@ -58,7 +58,12 @@ def main() -> None:
     workers = [spawn.Process(target=serve, args=(args.host, args.port)) for _ in range(args.workers)]
     for worker in workers:
         worker.start()
-    signal.signal(signal.SIGTERM, lambda signum, frame: [w.terminate() for w in workers])
+
+    def stop(signum: int, frame: object) -> None:
+        for worker in workers:
+            worker.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
     for worker in workers:
         worker.join()
 

@@ -10,14 +10,16 @@ started here with usage stats off (RAY_USAGE_STATS_ENABLED=0) and no dashboard, 
 network; SIGTERM shuts Serve and Ray down.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: Serve's class ingress would then read `image: UploadFile` as a query
+# parameter (it answered 422 "query.image: Field required")
 import argparse
+import logging
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Annotated
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
@@ -26,7 +28,7 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # before ray is imported: no usage 
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
-from fastapi import FastAPI, Form, HTTPException, UploadFile  # noqa: E402
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile  # noqa: E402
 from ray import serve  # noqa: E402
 
 from app.preprocess import ImageError, preprocess  # noqa: E402
@@ -47,7 +49,7 @@ class DigitSum:
         self.forward.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     @api.post("/predict")
-    async def predict(self, image: UploadFile, number: int = Form()) -> dict[str, object]:
+    async def predict(self, image: Annotated[UploadFile, File()], number: Annotated[int, Form()]) -> dict[str, object]:
         try:
             pixels = preprocess(await image.read(), MAX_PIXELS)  # (28, 28) float32
         except ImageError as exc:
@@ -77,7 +79,8 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1, help="intra-op threads per replica; 0: torch's default")
     args = parser.parse_args()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=200 * 2**20,
-             logging_level="warning", log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # fmt: skip
+             logging_level=logging.WARNING, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # fmt: skip
     serve.start(http_options={"host": "127.0.0.1", "port": args.port}, logging_config={"log_level": "WARNING"})
     deployment = DigitSum.options(  # type: ignore[attr-defined]
         num_replicas=args.replicas,

@@ -418,8 +418,8 @@ def batch_points(pid: int, port: int, load: Load, args: argparse.Namespace) -> l
     first = next(iter(load.batches.values()))[0] / "body_0000.bin"
     status, answer = post(port, first.read_bytes(), "/predict/batch")
     if status != 200:
-        BATCH_NOTE.append(f"POST /predict/batch answered {status} {json.dumps(answer)[:160]}: "
-                          + ("this branch has no batch endpoint yet." if status in (404, 405) else "not measured."))  # fmt: skip
+        why = "this branch has no batch endpoint yet." if status in (404, 405) else "not measured."
+        BATCH_NOTE.append(f"POST /predict/batch answered {status} {json.dumps(answer)[:160]}: {why}")
         print(f"  {BATCH_NOTE[-1]}", file=sys.stderr)
         return []
     url = f"http://127.0.0.1:{port}/predict/batch"
@@ -649,8 +649,11 @@ def ratios(by: dict[tuple[str, int], Point], rates: dict[tuple[str, int, int], f
         cells = [ratio(a.rps, o.rps if o else None) for o in got] + [ratio(a.rps, floor_rate)]
         cells += [ratio(a.p99_ms, o.p99_ms if o else None) for o in got]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    return lines + ["", "(a)/(d): the service's requests/s over the bare channels-last forward's images/s on one "
-                    "thread (batch 1 for 1 connection, else 64). Latency ratios under 1 mean (a) is faster."]  # fmt: skip
+    return lines + [
+        "",
+        "(a)/(d): the service's requests/s over the bare channels-last forward's images/s on one "
+        "thread (batch 1 for 1 connection, else 64). Latency ratios under 1 mean (a) is faster.",
+    ]
 
 
 def targets(by: dict[tuple[str, int], Point]) -> list[str]:
@@ -668,12 +671,18 @@ def targets(by: dict[tuple[str, int], Point]) -> list[str]:
 
     row("64 connections: (a) >= 2x the requests/s of the best-tuned peer", f"(a) {a64.rps:,.0f} / "
         f"{LABELS[best.server]} {best.rps:,.0f} = {a64.rps / best.rps:.2f}x", a64.rps >= 2 * best.rps)  # fmt: skip
-    row("64 connections: (a)'s p99 lower than that peer's, no errors",
-        f"{a64.p99_ms:.1f} vs {best.p99_ms:.1f} ms, {a64.errors} errors", a64.p99_ms < best.p99_ms and a64.errors == 0)
+    row(
+        "64 connections: (a)'s p99 lower than that peer's, no errors",
+        f"{a64.p99_ms:.1f} vs {best.p99_ms:.1f} ms, {a64.errors} errors",
+        a64.p99_ms < best.p99_ms and a64.errors == 0,
+    )
     if a1 is not None and peers1:
         fastest = min(peers1, key=lambda p: p.p50_ms)
-        row("1 connection: (a)'s p50 no higher than the fastest peer's",
-            f"{a1.p50_ms:.2f} vs {LABELS[fastest.server]} {fastest.p50_ms:.2f} ms", a1.p50_ms <= fastest.p50_ms)
+        row(
+            "1 connection: (a)'s p50 no higher than the fastest peer's",
+            f"{a1.p50_ms:.2f} vs {LABELS[fastest.server]} {fastest.p50_ms:.2f} ms",
+            a1.p50_ms <= fastest.p50_ms,
+        )
         if (naive := by.get(("naive", 1))) is not None:
             row("1 connection: (a)'s p50 within 1.1x of the tutorial server's (b)",
                 f"{a1.p50_ms:.2f} / {naive.p50_ms:.2f} ms = {a1.p50_ms / naive.p50_ms:.2f}x",
@@ -694,8 +703,10 @@ def cost_curve(points: list[Point], rates: dict[tuple[str, int, int], float], ar
              "| load avg |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
 
     def row(what: str, p: Point) -> None:
-        lines.append(f"| {what} | {p.rps:,.0f} | {p.rps * p.images:,.0f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | "
-                     f"{p.errors} | {p.cpu_cores:.2f} | {p.cpu_ms:.2f} | {p.cpu_ms / p.images:.2f} | {p.load:.2f} |")
+        lines.append(
+            f"| {what} | {p.rps:,.0f} | {p.rps * p.images:,.0f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | "
+            f"{p.errors} | {p.cpu_cores:.2f} | {p.cpu_ms:.2f} | {p.cpu_ms / p.images:.2f} | {p.load:.2f} |"
+        )
 
     for p in curve:
         row(f"(a) {p.connections} connections, 28x28 PNG", p)
@@ -746,7 +757,8 @@ def profiles(args: argparse.Namespace) -> list[str]:
              "request x the stage's share of samples of threads not idle (running, or waiting for the GIL, which "
              "overstates GIL-bound stages in a crowded single process). Native threads py-spy cannot see (Ray's "
              "C++ core worker, raylet and GCS) are in the run's CPU but in no stage's samples.", "",
-             "| stage | " + " | ".join(LABELS[s] for s in servers) + " |", "|---|" + "---:|" * len(servers)]  # fmt: skip
+             "| stage | " + " | ".join(LABELS[s] for s in servers) + " |",
+             "|---|" + "---:|" * len(servers)]  # fmt: skip
     shares = {server: {**PROFILES[server][0], "total": 1.0} for server in servers}
     for stage in sorted(set().union(*shares.values()), key=lambda st: -shares[servers[0]].get(st, 0)):
         cells = [f"{shares[sv].get(stage, 0) * PROFILES[sv][1]:.2f} ({100 * shares[sv].get(stage, 0):.0f}%)"
