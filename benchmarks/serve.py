@@ -445,7 +445,7 @@ def measure(name: str, args: argparse.Namespace, load: Load) -> list[Point]:
         if name == "service" and load.batches:
             points += batch_points(process.pid, port, load, args)
         if args.profile:
-            PROFILES[name] = profile(process.pid, url, load.dir, len(load.bodies), max(args.connections), args.profile)
+            PROFILES[name] = profile(process.pid, url, load.dir, len(load.bodies), args.target, args.profile)
         return points
     except ServerFailed as exc:
         raise ServerFailed(f"{exc}\nits log ends:\n{log_tail(load.dir / f'{name}.log')}") from None
@@ -458,9 +458,9 @@ SWEEPS: dict[str, list[tuple[str, Point | str]]] = {}  # peer -> (its arguments,
 
 
 def sweep(name: str, args: argparse.Namespace, load: Load) -> None:
-    """The peer under each of its PEERS settings (the first --sweep-settings) at the most connections; its
+    """The peer under each of its PEERS settings (the first --sweep-settings) at args.target connections; its
     arguments become the best error-free of them by requests/s."""
-    settings = argparse.Namespace(**{**vars(args), "connections": [max(args.connections)], "seconds": args.sweep,
+    settings = argparse.Namespace(**{**vars(args), "connections": [args.target], "seconds": args.sweep,
                                      "profile": 0, "size_servers": [], "batches": []})  # fmt: skip
     tried = SWEEPS.setdefault(name, [])
     for peer_args in PEERS[name][: args.sweep_settings]:
@@ -727,7 +727,7 @@ def cost_curve(points: list[Point], rates: dict[tuple[str, int, int], float], ar
 def sweeps(args: argparse.Namespace) -> list[str]:
     lines = []
     for name, tried in SWEEPS.items():
-        lines += ["", f"{LABELS[name]} settings tried first, {args.sweep} s each at {max(args.connections)} "
+        lines += ["", f"{LABELS[name]} settings tried first, {args.sweep} s each at {args.target} "
                   f"connections; {LABELS[name].split()[0]} is the best error-free of them by requests/s "
                   f"(`{getattr(args, f'{name}_args')}`):", "",
                   f"| {SCRIPTS[name]} arguments | requests/s | p50 ms | p99 ms | errors | cores | CPU ms/request "
@@ -752,7 +752,7 @@ def profiles(args: argparse.Namespace) -> list[str]:
     if not PROFILES:
         return []
     servers = [s for s in SERVERS if s in PROFILES]
-    lines = ["", f"Where the CPU goes at {max(args.connections)} connections: py-spy (100 Hz, every process of "
+    lines = ["", f"Where the CPU goes at {args.target} connections: py-spy (100 Hz, every process of "
              f"the server) during one more {args.profile} s run: CPU ms per request = the run's CPU ms per "
              "request x the stage's share of samples of threads not idle (running, or waiting for the GIL, which "
              "overstates GIL-bound stages in a crowded single process). Native threads py-spy cannot see (Ray's "
@@ -843,7 +843,7 @@ def main() -> None:
         type=int,
         default=0,
         metavar="SECONDS",
-        help="first try each peer's settings (PEERS) this long at the most connections; each then uses its best",
+        help="first try each peer's settings (PEERS) this long at 64 connections (or the most); each uses its best",
     )
     parser.add_argument("--sweep-settings", type=int, default=None, metavar="N", help="only the first N of each")
     parser.add_argument("--sizes", nargs="*", default=list(UPLOADS), choices=list(UPLOADS), help="upload sizes")
@@ -856,12 +856,13 @@ def main() -> None:
         type=int,
         default=0,
         metavar="SECONDS",
-        help="after the points, py-spy each server this long at the most connections",
+        help="after the points, py-spy each server this long at 64 connections (or the most)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.md")
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "cost_curve.png")
     args = parser.parse_args()
     args.argv = sys.argv[1:]
+    args.target = 64 if 64 in args.connections else max(args.connections)  # the targets', sweeps' and profile's
     assert all(re.fullmatch(r"\w+=.*", kv) for kv in args.service_env), "--service-env takes NAME=value"
     split = load_sample().test
     images, labels = split.images.numpy(), split.labels.numpy()  # (1000, 28, 28) uint8, (1000,)
