@@ -514,9 +514,14 @@ IDLE = (
 PROFILES: dict[str, tuple[dict[str, float], float]] = {}  # server -> ({stage: share of busy samples}, CPU ms/request)
 
 
+NATIVE = "native code under a bare thread (Ray's C++ core worker, its RPC and event threads)"
+
+
 def stage_of(frames: list[str]) -> str | None:
     if any(frames[-1].startswith(idle) for idle in IDLE):
         return None
+    if frames[-1].startswith("Thread.run (threading.py"):  # running a C target: no Python frame to charge it to
+        return NATIVE
     for frame in reversed(frames):
         for stage, markers in STAGES:
             if any(marker in frame for marker in markers):
