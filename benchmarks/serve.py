@@ -48,6 +48,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,7 @@ UPLOADS = {
 def upload_bytes(digit: np.ndarray, name: str, rng: np.random.Generator) -> bytes:
     """A test digit as the upload `name`: 28x28 as MNIST has it; 280x280 upscaled, white on black, like a
     canvas; a photo: dark ink over a third of the frame on lit, grainy paper, JPEG quality 90 (a 12 MP one
-    is ~4 MB, as phones write them)."""
+    is ~2.5 MB, like a phone's at its default quality)."""
     width, height, kind, _ = UPLOADS[name]
     if kind == "PNG":
         return png_bytes(np.asarray(Image.fromarray(digit).resize((width, height), Image.Resampling.BICUBIC)))
@@ -446,6 +447,10 @@ def measure(name: str, args: argparse.Namespace, load: Load) -> list[Point]:
             points += batch_points(process.pid, port, load, args)
         if args.profile:
             PROFILES[name] = profile(process.pid, url, load.dir, len(load.bodies), args.target, args.profile)
+            if name == "service" and len(load.sizes) > 1:  # and where a photo's time goes
+                upload, (body_dir, count) = list(load.sizes.items())[-1]
+                key = f"(a) service, {upload}, {args.size_connections} connections"
+                PROFILES[key] = profile(process.pid, url, body_dir, count, args.size_connections, args.profile)
         return points
     except ServerFailed as exc:
         raise ServerFailed(f"{exc}\nits log ends:\n{log_tail(load.dir / f'{name}.log')}") from None
@@ -756,13 +761,13 @@ def failures() -> list[str]:
 def profiles(args: argparse.Namespace) -> list[str]:
     if not PROFILES:
         return []
-    servers = [s for s in SERVERS if s in PROFILES]
+    servers = [s for s in SERVERS if s in PROFILES] + [s for s in PROFILES if s not in SERVERS]
     lines = ["", f"Where the CPU goes at {args.target} connections: py-spy (100 Hz, every process of "
              f"the server) during one more {args.profile} s run: CPU ms per request = the run's CPU ms per "
              "request x the stage's share of samples of threads not idle (running, or waiting for the GIL, which "
              "overstates GIL-bound stages in a crowded single process). Native threads py-spy cannot see (Ray's "
              "C++ core worker, raylet and GCS) are in the run's CPU but in no stage's samples.", "",
-             "| stage | " + " | ".join(LABELS[s] for s in servers) + " |",
+             "| stage | " + " | ".join(LABELS.get(s, s) for s in servers) + " |",
              "|---|" + "---:|" * len(servers)]  # fmt: skip
     shares = {server: {**PROFILES[server][0], "total": 1.0} for server in servers}
     for stage in sorted(set().union(*shares.values()), key=lambda st: -shares[servers[0]].get(st, 0)):
@@ -814,7 +819,7 @@ def plot(points: list[Point], rates: dict[tuple[str, int, int], float], args: ar
                 "k^", markersize=10, label="(d) bare forward, 1 thread")  # fmt: skip
         ax.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, BATCH_NOTE[0] if BATCH_NOTE else "not measured", ha="center", va="center", wrap=True,
+        ax.text(0.5, 0.5, textwrap.fill(BATCH_NOTE[0] if BATCH_NOTE else "not measured", 45), ha="center", va="center",
                 fontsize=9, transform=ax.transAxes)  # fmt: skip
     ax.set(title=f"images/s by images per request, {args.batch_connections} connections",
            xlabel="images per request")  # fmt: skip
