@@ -35,11 +35,13 @@ figure that other load disturbs least.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import http.client
 import io
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -401,8 +403,8 @@ def point(name: str, pid: int, url: str, body_dir: Path, count: int, connections
     r = run_wrk(url, body_dir, count, connections, seconds)
     cores = (session_cpu_s(pid) - cpu) / (time.perf_counter() - wall)
     rps = int(r["requests"]) / (int(r["duration_us"]) / 1e6)  # type: ignore[call-overload]
-    p = Point(name, connections, rps, int(r["p50_us"]) / 1000, int(r["p99_us"]) / 1000, errors_of(r), cores,  # type: ignore[call-overload]
-              os.getloadavg()[0], upload, images, series)  # fmt: skip
+    p50, p99 = (int(r["p50_us"]) / 1000, int(r["p99_us"]) / 1000) if rps else (math.nan, math.nan)  # type: ignore[call-overload]
+    p = Point(name, connections, rps, p50, p99, errors_of(r), cores, os.getloadavg()[0], upload, images, series)
     print(f"  {name:9s} c={connections:3d} {upload:11s} x{images:<2d}: {p.rps:6.0f} req/s  p50 {p.p50_ms:6.1f} ms  "
           f"p99 {p.p99_ms:6.1f} ms  errors {p.errors}  {cores:.2f} cores  {p.cpu_ms:.2f} CPU ms/req  "
           f"load {p.load:.2f}  {r['statuses']}",
@@ -680,7 +682,7 @@ def targets(by: dict[tuple[str, int], Point]) -> list[str]:
         lines.append(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
 
     row("64 connections: (a) >= 2x the requests/s of the best-tuned peer", f"(a) {a64.rps:,.0f} / "
-        f"{LABELS[best.server]} {best.rps:,.0f} = {a64.rps / best.rps:.2f}x", a64.rps >= 2 * best.rps)  # fmt: skip
+        f"{LABELS[best.server]} {best.rps:,.0f} = {ratio(a64.rps, best.rps)}x", a64.rps >= 2 * best.rps)  # fmt: skip
     row(
         "64 connections: (a)'s p99 lower than that peer's, no errors",
         f"{a64.p99_ms:.1f} vs {best.p99_ms:.1f} ms, {a64.errors} errors",
@@ -695,7 +697,7 @@ def targets(by: dict[tuple[str, int], Point]) -> list[str]:
         )
         if (naive := by.get(("naive", 1))) is not None:
             row("1 connection: (a)'s p50 within 1.1x of the tutorial server's (b)",
-                f"{a1.p50_ms:.2f} / {naive.p50_ms:.2f} ms = {a1.p50_ms / naive.p50_ms:.2f}x",
+                f"{a1.p50_ms:.2f} / {naive.p50_ms:.2f} ms = {ratio(a1.p50_ms, naive.p50_ms)}x",
                 a1.p50_ms <= 1.1 * naive.p50_ms)  # fmt: skip
     row("64 connections: (a) CPU ms per request <= 1.0", f"{a64.cpu_ms:.2f}", a64.cpu_ms <= 1.0)
     return lines
@@ -869,11 +871,29 @@ def main() -> None:
         help="after the points, py-spy each server this long at 64 connections (or the most)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.md")
+    parser.add_argument("--from-json", type=Path, help="render the report and plot of an earlier run's .json again")
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "cost_curve.png")
     args = parser.parse_args()
     args.argv = sys.argv[1:]
+    if args.from_json:  # the run's own settings, written to this command's --out and --plot
+        raw = json.loads(args.from_json.read_text())
+        args = argparse.Namespace(**{**vars(parser.parse_args(raw["argv"])), **raw["args"], "from_json": args.from_json,
+                                     "out": args.out, "plot": args.plot, "argv": raw["argv"]})  # fmt: skip
     args.target = 64 if 64 in args.connections else max(args.connections)  # the targets', sweeps' and profile's
     assert all(re.fullmatch(r"\w+=.*", kv) for kv in args.service_env), "--service-env takes NAME=value"
+    if args.from_json:
+        points, rates, preprocess_ms, loads = from_json(args.from_json)
+    else:
+        points, rates, preprocess_ms, loads = run(args)
+    text = report(points, rates, preprocess_ms, args, (loads[0], loads[1]))
+    print(text)
+    args.out.write_text(text)
+    if args.plot and points:
+        plot(points, rates, args, args.plot)
+
+
+def run(args: argparse.Namespace) -> tuple[list[Point], dict[tuple[str, int, int], float], float, list[float]]:
+    """Every server and the bare forward; the figures are also written to args.out's .json as soon as they exist."""
     split = load_sample().test
     images, labels = split.images.numpy(), split.labels.numpy()  # (1000, 28, 28) uint8, (1000,)
     loads = [os.getloadavg()[0]]
@@ -894,7 +914,7 @@ def main() -> None:
                 if name in args.only and (name != "before" or args.before):
                     try:
                         points += measure(name, args, load)
-                    except ServerFailed as exc:
+                    except (ServerFailed, AssertionError, OSError) as exc:  # reported, and the run goes on
                         FAILURES[name] = str(exc)
                         print(f"  {name} failed: {exc}", file=sys.stderr)
         finally:
@@ -902,12 +922,27 @@ def main() -> None:
                 subprocess.run(["git", "worktree", "remove", "--force", str(args.before_dir)], cwd=ROOT, check=True)
     rates, preprocess_ms = floor(images, min(args.seconds, 3)) if "floor" in args.only else ({}, 0.0)
     loads.append(os.getloadavg()[0])
-    text = report(points, rates, preprocess_ms, args, (loads[0], loads[1]))
-    print(text)
     args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(text)
-    if args.plot and points:
-        plot(points, rates, args, args.plot)
+    sweeps = {k: [(a, dataclasses.asdict(p) if isinstance(p, Point) else p) for a, p in v] for k, v in SWEEPS.items()}
+    raw = {"argv": args.argv, "points": [dataclasses.asdict(p) for p in points], "sweeps": sweeps,
+           "rates": [[*k, v] for k, v in rates.items()], "preprocess_ms": preprocess_ms, "loads": loads,
+           "failures": FAILURES, "profiles": PROFILES, "args": {k: getattr(args, k) for k in PEER_ARGS}}  # fmt: skip
+    args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))  # every figure, before anything can fail
+    return points, rates, preprocess_ms, loads
+
+
+PEER_ARGS = ("litserve_args", "bentoml_args", "rayserve_args")
+
+
+def from_json(path: Path) -> tuple[list[Point], dict[tuple[str, int, int], float], float, list[float]]:
+    """The figures of an earlier run (its .json), to render the report and the plot again."""
+    raw = json.loads(path.read_text())
+    for name, tried in raw["sweeps"].items():
+        SWEEPS[name] = [(a, Point(**p) if isinstance(p, dict) else p) for a, p in tried]
+    FAILURES.update(raw["failures"])
+    PROFILES.update({k: (v[0], v[1]) for k, v in raw["profiles"].items()})
+    rates = {(layout, threads, batch): rate for layout, threads, batch, rate in raw["rates"]}
+    return [Point(**p) for p in raw["points"]], rates, raw["preprocess_ms"], raw["loads"]
 
 
 if __name__ == "__main__":
