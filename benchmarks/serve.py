@@ -772,7 +772,7 @@ def profiles(args: argparse.Namespace) -> list[str]:
              "| stage | " + " | ".join(LABELS.get(s, s) for s in servers) + " |",
              "|---|" + "---:|" * len(servers)]  # fmt: skip
     shares = {server: {**PROFILES[server][0], "total": 1.0} for server in servers}
-    for stage in sorted(set().union(*shares.values()), key=lambda st: -shares[servers[0]].get(st, 0)):
+    for stage in sorted(set().union(*shares.values()), key=lambda st: (-shares[servers[0]].get(st, 0), st)):
         cells = [f"{shares[sv].get(stage, 0) * PROFILES[sv][1]:.2f} ({100 * shares[sv].get(stage, 0):.0f}%)"
                  for sv in servers]  # fmt: skip
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
@@ -926,7 +926,7 @@ def run(args: argparse.Namespace) -> tuple[list[Point], dict[tuple[str, int, int
     sweeps = {k: [(a, dataclasses.asdict(p) if isinstance(p, Point) else p) for a, p in v] for k, v in SWEEPS.items()}
     raw = {"argv": args.argv, "points": [dataclasses.asdict(p) for p in points], "sweeps": sweeps,
            "rates": [[*k, v] for k, v in rates.items()], "preprocess_ms": preprocess_ms, "loads": loads,
-           "failures": FAILURES, "profiles": PROFILES, "args": {k: getattr(args, k) for k in PEER_ARGS}}  # fmt: skip
+           "failures": FAILURES, "profiles": PROFILES, "batch_note": BATCH_NOTE, "args": {k: getattr(args, k) for k in PEER_ARGS}}  # fmt: skip
     args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))  # every figure, before anything can fail
     return points, rates, preprocess_ms, loads
 
@@ -940,6 +940,7 @@ def from_json(path: Path) -> tuple[list[Point], dict[tuple[str, int, int], float
     for name, tried in raw["sweeps"].items():
         SWEEPS[name] = [(a, Point(**p) if isinstance(p, dict) else p) for a, p in tried]
     FAILURES.update(raw["failures"])
+    BATCH_NOTE.extend(raw["batch_note"])
     PROFILES.update({k: (v[0], v[1]) for k, v in raw["profiles"].items()})
     rates = {(layout, threads, batch): rate for layout, threads, batch, rate in raw["rates"]}
     return [Point(**p) for p in raw["points"]], rates, raw["preprocess_ms"], raw["loads"]
