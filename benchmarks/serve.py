@@ -926,7 +926,8 @@ def run(args: argparse.Namespace) -> tuple[list[Point], dict[tuple[str, int, int
     sweeps = {k: [(a, dataclasses.asdict(p) if isinstance(p, Point) else p) for a, p in v] for k, v in SWEEPS.items()}
     raw = {"argv": args.argv, "points": [dataclasses.asdict(p) for p in points], "sweeps": sweeps,
            "rates": [[*k, v] for k, v in rates.items()], "preprocess_ms": preprocess_ms, "loads": loads,
-           "failures": FAILURES, "profiles": PROFILES, "batch_note": BATCH_NOTE, "args": {k: getattr(args, k) for k in PEER_ARGS}}  # fmt: skip
+           "failures": FAILURES, "profiles": PROFILES, "batch_note": BATCH_NOTE,
+           "args": {k: getattr(args, k) for k in PEER_ARGS}}  # fmt: skip
     args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))  # every figure, before anything can fail
     return points, rates, preprocess_ms, loads
 
