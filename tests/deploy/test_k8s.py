@@ -99,6 +99,17 @@ def test_passes_the_strict_kubernetes_schema(docs: tuple[Doc, ...], version: str
             pytest.fail(f"{doc['kind']} {doc['metadata']['name']}: {'.'.join(map(str, exc.path))}: {exc.message}")
 
 
+def test_the_command_line_validator_agrees(tmp_path: Path) -> None:
+    """The same check as a person would type it, on the default rendering."""
+    kubernetes_validate()
+    rendered = tmp_path / "digitsum.yaml"
+    rendered.write_text(yaml.safe_dump_all(render(K8S)))
+    for version in KUBERNETES_VERSIONS:
+        command = [sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet", "-k", version, str(rendered)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert (result.returncode, result.stdout.strip()) == (0, ""), result.stdout + result.stderr
+
+
 def test_strict_validation_catches_a_misspelt_field() -> None:
     """The check above can fail: a typo that the API server would silently drop is an error here."""
     validator = kubernetes_validate()
@@ -106,6 +117,15 @@ def test_strict_validation_catches_a_misspelt_field() -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(validator.ValidationError, match="readinesProbe"):
         validator.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
+
+
+@pytest.mark.parametrize("folder", ["base", "overlays/gpu", "overlays/cpu"])
+def test_every_manifest_file_is_used(folder: str) -> None:
+    """kustomize ignores a file that no kustomization names; an edit there would change nothing."""
+    kustomization = yaml.safe_load((K8S / folder / "kustomization.yaml").read_text())
+    named = set(kustomization.get("resources", [])) | {patch.get("path") for patch in kustomization.get("patches", [])}
+    present = {path.name for path in (K8S / folder).glob("*.yaml")} - {"kustomization.yaml"}
+    assert present <= named, f"{folder}: not in its kustomization.yaml: {present - named}"
 
 
 def test_probes_ask_the_apps_health_routes(docs: tuple[Doc, ...], client: TestClient) -> None:
