@@ -53,6 +53,7 @@ class DecodeLimits:
     max_pixels: int
     cpu_s: float
     memory_bytes: int
+    recycle_bytes: int = RECYCLE_BYTES  # a process grown by more exits after answering
 
 
 class Decoder:
@@ -200,7 +201,7 @@ def serve(conn: Connection, limits: DecodeLimits) -> None:
         except EOFError:
             return
         reply = _decode(data, limits)
-        recycle = _rss_bytes() - start_rss > RECYCLE_BYTES
+        recycle = _rss_bytes() - start_rss > limits.recycle_bytes
         conn.send_bytes((b"1" if recycle else b"0") + reply)
         if recycle:
             return
