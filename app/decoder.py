@@ -35,12 +35,12 @@ import numpy as np
 
 from app.errors import TimedOut, Unavailable
 from app.preprocess import preprocess, to_mnist
-from app.upload import ImageError, ImageTooLarge, NoDigitFound, UnsupportedImage, load, open_checked
+from app.upload import ImageError, ImageTooLarge, NoDigitFound, UnsupportedImage, decode_pixels, open_checked
 
 log = logging.getLogger("digitsum")
 
 INLINE_MAX_PIXELS = 64 * 64
-INLINE_MAX_BYTES = 4096  # bounds what a crafted small file can cost on the loop (a PNG of zTXt bombs: ~4 ms)
+INLINE_MAX_BYTES = 4096  # bounds what a crafted small file can cost on the loop (zTXt bombs)
 RECYCLE_BYTES = 64 * 1024 * 1024
 PIXELS_BYTES = 28 * 28 * 4  # float32 (28, 28)
 _ERRORS: dict[bytes, type[ImageError]] = {
@@ -83,7 +83,7 @@ class Decoder:
         """Upload bytes -> (28, 28) float32 in [0, 1]; `deadline` is on the event loop's clock."""
         image = open_checked(data, self.limits.max_pixels)  # the header only: cheap, whatever the file
         if len(data) <= INLINE_MAX_BYTES and image.width * image.height <= INLINE_MAX_PIXELS:
-            return to_mnist(load(image))
+            return to_mnist(decode_pixels(image))
         process = await self._acquire(deadline)
         try:
             timeout_s = deadline - asyncio.get_running_loop().time()

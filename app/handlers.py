@@ -60,10 +60,10 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     assert isinstance(exc, RequestValidationError)
     help = getattr(getattr(request.scope.get("route"), "endpoint", None), "field_help", {})
     REJECTED.labels("InvalidField").inc()
-    return JSONResponse({"detail": sentence(exc.errors()[0], help)}, status_code=422)
+    return JSONResponse({"detail": field_error_sentence(exc.errors()[0], help)}, status_code=422)
 
 
-def sentence(error: Mapping[str, Any], help: Mapping[str, FieldHelp]) -> str:
+def field_error_sentence(error: Mapping[str, Any], help: Mapping[str, FieldHelp]) -> str:
     """One error of pydantic's list -> 'number must be an integer from 0 to 9, got "3.5".'"""
     where, name = (list(error.get("loc", ())) + ["", ""])[:2]
     name = str(name)

@@ -65,9 +65,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def freeze_startup_objects() -> None:
-    """Take what startup built (torch, the model, FastAPI: ~200k objects that live until exit) out of the GC's sight.
+    """Take what startup built (torch, the model, FastAPI: objects that live until exit) out of the GC's sight.
 
-    Otherwise every full collection walks them all: a 80-100 ms stall of the event loop every few seconds
+    Otherwise every full collection walks them all: a stall of the event loop every few seconds
     under load, which was the service's p99 at 64 connections (benchmarks/results/serve.md).
     """
     gc.collect()

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     upload_timeout_s: float = Field(30.0, gt=0, description="longest a client may take to send its body (else 408)")
     drain_timeout_s: float = Field(20.0, gt=0, description="on SIGTERM, longest to finish in-flight requests")
     # 1: torch's default (a thread per core) spins on cores the event loop, decoding and the other workers need;
-    # in benchmarks/results/serve.md it adds 70% to the naive server's CPU per request and cuts LitServe's req/s 8x
+    # (benchmarks/results/serve.md measures what it costs)
     torch_threads: int = Field(1, ge=0, description="intra-op threads per worker process; 0: torch's default")
     decode_processes: int = Field(2, ge=1, le=64, description="decoder processes per worker, for all but thumbnails")
     decode_cpu_s: float = Field(1.0, gt=0, le=60, description="CPU seconds one upload's decoding may take (else 413)")

@@ -1,7 +1,7 @@
 """Upload bytes -> a checked, decoded image: the one way into the service for a client's file.
 
 `open_checked` parses the header only (tens of microseconds, whatever the size) and refuses what is not an
-accepted image, or what would cost too much to decode, before any pixel is decoded; `load` then decodes it.
+accepted image, or what would cost too much to decode, before any pixel is decoded; `decode_pixels` then decodes it.
 app/decoder.py decides where that runs (inline for thumbnails, else in a decoder process with hard limits);
 app/preprocess.py turns the image into what the network saw in training.
 
@@ -106,7 +106,7 @@ def jpeg_scans(data: bytes) -> int:
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # in entropy-coded data 0xFF is followed by 0x00 or RSTn
 
 
-def load(image: Image.Image) -> Image.Image:
+def decode_pixels(image: Image.Image) -> Image.Image:
     """Decode an opened image's pixels, upright per its EXIF orientation.
 
     A large JPEG comes back decoded at 1/2..1/8 scale in grey (Pillow's draft): the digit needs far
