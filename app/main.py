@@ -23,6 +23,7 @@ from app.middleware import (
     BodyLimits,
     CancelOnDisconnect,
     HeadAsGet,
+    InternalOnly,
     OneLineStartupFailure,
     RequestContext,
     RequestIdFilter,
@@ -33,6 +34,7 @@ from app.routes import docs, health, info, pages, predict
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("digitsum")
+INTERNAL_PATHS = frozenset({"/metrics", "/model"})  # with DIGITSUM_INTERNAL_PORT, served there alone
 
 
 def load_model(settings: Settings) -> Model:
@@ -123,6 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CancelOnDisconnect)
     if settings.cors_origins:  # closed unless configured
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
+    if settings.internal_port:
+        app.add_middleware(InternalOnly, paths=INTERNAL_PATHS, port=settings.internal_port)
     if settings.allowed_hosts:
         app.add_middleware(AllowedHosts, hosts=settings.allowed_hosts)
     app.add_middleware(RequestContext)

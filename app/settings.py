@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     allowed_hosts: list[str] = Field(
         [], description='Host header values to answer (JSON list, e.g. ["digitsum.example.org"]); empty: any'
     )
+    internal_port: int | None = Field(
+        None, ge=1, le=65535, description="serve /metrics and /model only on this port (python -m app.serve binds it)"
+    )
     allow_missing_card: bool = Field(False, description="serve a checkpoint without its card (sha256 unverified)")
 
 

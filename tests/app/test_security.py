@@ -150,3 +150,14 @@ def test_a_checkpoint_without_its_card_is_refused_unless_allowed(tmp_path: Path)
         Model(lone, choose_device("cpu"), allow_missing_card=True).sha256
         == hashlib.sha256(lone.read_bytes()).hexdigest()
     )
+
+
+def test_with_an_internal_port_metrics_and_model_are_served_there_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIGITSUM_INTERNAL_PORT", "9100")
+    public, internal = app_client(), TestClient(app_client().app, base_url="http://testserver:9100")
+    for path in ("/metrics", "/model"):
+        refused = public.get(path)
+        assert (refused.status_code, refused.json()["detail"]) == (404, f"There is nothing at {path} on this port.")
+    assert internal.get("/metrics").status_code == 200
+    assert public.get("/healthz").status_code == 200
+    assert internal.get("/healthz").status_code == 404  # the internal port serves nothing else
