@@ -13,14 +13,18 @@ WORKERS ?= 2
 .PHONY: run test lint train train-mnist bench clean
 
 # The service alone needs only the base dependencies; tests and training need the dev extra.
+# The first install is the long one: torch 2.14.1 is PyPI's CUDA build (about 5.5 GB with its nvidia-* wheels,
+# about 2 minutes here), the only Linux x86_64 build PyPI has; it runs on the CPU where there is no GPU.
 $(BIN)/.serve: pyproject.toml
+	@echo "Installing the service into $(VENV): torch 2.14.1 (CUDA build, ~5.5 GB, also used on CPU), FastAPI, Pillow..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -e .
 	touch $@
 
 $(BIN)/.dev: pyproject.toml $(BIN)/.serve
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@echo "Installing the test, lint and training tools into $(VENV)..."
+	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
 run: $(BIN)/.serve  ## serve models/digitsum.pt on $(HOST):$(PORT)
@@ -28,6 +32,7 @@ run: $(BIN)/.serve  ## serve models/digitsum.pt on $(HOST):$(PORT)
 		--workers $(WORKERS) --log-config app/log_config.json
 
 test: $(BIN)/.dev  ## the whole suite
+	@command -v chromium >/dev/null || { echo "make test: the browser tests need Debian's chromium: apt-get install chromium"; exit 1; }
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/.dev

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import multiprocessing
 import signal
 import socket
@@ -122,7 +123,7 @@ def serve(host: str, port: int, log_config: str | None) -> None:
         "app.main:app",
         log_config=log_config or LOGGING_CONFIG,
         access_log=False,
-        timeout_graceful_shutdown=get_settings().drain_timeout_s,
+        timeout_graceful_shutdown=math.ceil(get_settings().drain_timeout_s),
     )
     uvicorn.Server(config).run(sockets=[sock])
 

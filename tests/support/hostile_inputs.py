@@ -87,13 +87,30 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid black 1-bit PNG of width x height: about 1 KB per 8 megapixels of zeros."""
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, greyscale, no interlace
-    row = bytes(1 + (width + 7) // 8)  # filter byte 0 + the packed pixels
+def png_bomb(width: int, height: int, bit_depth: int = 1) -> bytes:
+    """A valid black greyscale PNG of width x height: 1-bit, about 1 KB per 8 megapixels of zeros; or 16-bit."""
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)  # greyscale, no interlace
+    row = bytes(1 + (width * bit_depth + 7) // 8)  # filter byte 0 + the packed pixels
     compressor = zlib.compressobj(9)
     stream = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", stream) + _chunk(b"IEND", b"")
+
+
+def rle_bmp(width: int, height: int) -> bytes:
+    """An 8-bit RLE-compressed BMP of width x height whose data is one end-of-bitmap code: a few hundred bytes."""
+    palette = b"".join(bytes((v, v, v, 0)) for v in range(256))
+    data = b"\x00\x01"  # end of bitmap
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(data), 2835, 2835, 256, 0)  # 1 = BI_RLE8
+    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + palette + data
+
+
+def many_scans_jpeg(digit: np.ndarray, scans: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated until it has `scans` scans (header and frame stay valid)."""
+    jpeg = encode(paper(digit), "JPEG", progressive=True)
+    last_scan = jpeg.rindex(b"\xff\xda")
+    body, end = jpeg[last_scan:-2], jpeg[-2:]  # the last scan with its data; EOI
+    return jpeg[:-2] + body * (scans - jpeg.count(b"\xff\xda")) + end
 
 
 def gif_bomb(width: int = 65535, height: int = 65535) -> bytes:
