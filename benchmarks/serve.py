@@ -917,22 +917,29 @@ def run(args: argparse.Namespace) -> tuple[list[Point], dict[tuple[str, int, int
                     except (ServerFailed, AssertionError, OSError) as exc:  # reported, and the run goes on
                         FAILURES[name] = str(exc)
                         print(f"  {name} failed: {exc}", file=sys.stderr)
+                    save(args, points, {}, 0.0, [*loads, os.getloadavg()[0]])  # so far, in case the run is cut short
         finally:
             if args.before:
                 subprocess.run(["git", "worktree", "remove", "--force", str(args.before_dir)], cwd=ROOT, check=True)
     rates, preprocess_ms = floor(images, min(args.seconds, 3)) if "floor" in args.only else ({}, 0.0)
     loads.append(os.getloadavg()[0])
+    save(args, points, rates, preprocess_ms, loads)
+    return points, rates, preprocess_ms, loads
+
+
+PEER_ARGS = ("litserve_args", "bentoml_args", "rayserve_args")
+
+
+def save(args: argparse.Namespace, points: list[Point], rates: dict[tuple[str, int, int], float], preprocess_ms: float,
+         loads: list[float]) -> None:  # fmt: skip
+    """Every figure so far to args.out's .json (--from-json renders it)."""
     args.out.parent.mkdir(exist_ok=True)
     sweeps = {k: [(a, dataclasses.asdict(p) if isinstance(p, Point) else p) for a, p in v] for k, v in SWEEPS.items()}
     raw = {"argv": args.argv, "points": [dataclasses.asdict(p) for p in points], "sweeps": sweeps,
            "rates": [[*k, v] for k, v in rates.items()], "preprocess_ms": preprocess_ms, "loads": loads,
            "failures": FAILURES, "profiles": PROFILES, "batch_note": BATCH_NOTE,
            "args": {k: getattr(args, k) for k in PEER_ARGS}}  # fmt: skip
-    args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))  # every figure, before anything can fail
-    return points, rates, preprocess_ms, loads
-
-
-PEER_ARGS = ("litserve_args", "bentoml_args", "rayserve_args")
+    args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
 
 
 def from_json(path: Path) -> tuple[list[Point], dict[tuple[str, int, int], float], float, list[float]]:
