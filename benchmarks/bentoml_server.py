@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))  # `bentoml serve` imports this from ROOT; the wor
 import bentoml  # noqa: E402
 from bentoml.exceptions import InvalidArgument  # noqa: E402
 
-from app.preprocess import ImageError, preprocess  # noqa: E402
+from app.preprocess import preprocess  # noqa: E402
 from app.settings import DEFAULT_MODEL  # noqa: E402
+from app.upload import ImageError  # noqa: E402
 from benchmarks.answer import MAX_PIXELS, answer  # noqa: E402
 
 SETTINGS = {  # name -> default; each read from BENCH_BENTOML_<NAME>

@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 import litserve as ls  # noqa: E402
 from fastapi import HTTPException  # noqa: E402
 
-from app.preprocess import ImageError, preprocess  # noqa: E402
+from app.preprocess import preprocess  # noqa: E402
 from app.settings import DEFAULT_MODEL  # noqa: E402
+from app.upload import ImageError  # noqa: E402
 from benchmarks.answer import MAX_PIXELS, answer  # noqa: E402
 
 

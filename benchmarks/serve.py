@@ -905,6 +905,7 @@ def run(args: argparse.Namespace) -> tuple[list[Point], dict[tuple[str, int, int
             for name in PEERS:
                 if name in args.only:
                     sweep(name, args, load)
+                    save(args, [], {}, 0.0, [*loads, os.getloadavg()[0]])
         if args.before:
             args.before_dir = Path(tmp) / "before"
             subprocess.run(["git", "worktree", "add", "--detach", str(args.before_dir), args.before], cwd=ROOT,
