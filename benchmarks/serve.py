@@ -321,7 +321,8 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def proc_table() -> dict[int, tuple[int, int, float]]:
-    """pid -> (parent pid, session id, user + system CPU seconds) of every live process."""
+    """pid -> (parent pid, session id, user + system CPU seconds, its reaped children's included) of every live
+    process."""
     table, tick = {}, os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
         try:
@@ -329,7 +330,8 @@ def proc_table() -> dict[int, tuple[int, int, float]]:
         except OSError:
             continue
         if fields:
-            table[int(entry.name)] = (int(fields[1]), int(fields[3]), (int(fields[11]) + int(fields[12])) / tick)
+            # its own user + system time and that of its children it has reaped (a decoder process that exited)
+            table[int(entry.name)] = (int(fields[1]), int(fields[3]), sum(map(int, fields[11:15])) / tick)
     return table
 
 
@@ -345,7 +347,8 @@ def processes_of(pid: int | None, table: dict[int, tuple[int, int, float]] | Non
 
 
 def session_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of every live process of the server (its session and descendants)."""
+    """User + system CPU seconds of the server: every live process of its session and descendants, and the
+    children they have reaped."""
     table = proc_table()
     return sum(table[p][2] for p in processes_of(pid, table))
 
