@@ -863,9 +863,9 @@ def main() -> None:
     parser.add_argument("--sweep-settings", type=int, default=None, metavar="N", help="only the first N of each")
     parser.add_argument("--sizes", nargs="*", default=list(UPLOADS), choices=list(UPLOADS), help="upload sizes")
     parser.add_argument("--size-servers", nargs="*", default=["service", "framework"], choices=SERVERS)
-    parser.add_argument("--size-connections", type=int, default=16)
+    parser.add_argument("--size-connections", type=int, default=8)
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 16, 64], help="images per POST /predict/batch")
-    parser.add_argument("--batch-connections", type=int, default=16)
+    parser.add_argument("--batch-connections", type=int, default=4, help="64 images x 4: batches fill")
     parser.add_argument(
         "--profile",
         type=int,
