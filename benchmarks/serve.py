@@ -329,7 +329,7 @@ def proc_table() -> dict[int, tuple[int, int, float]]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split() if entry.name.isdigit() else []
         except OSError:
             continue
-        if fields:
+        if fields and fields[0] != "Z":  # a zombie has no CPU left to count and nothing to stop
             # its own user + system time and that of its children it has reaped (a decoder process that exited)
             table[int(entry.name)] = (int(fields[1]), int(fields[3]), sum(map(int, fields[11:15])) / tick)
     return table
