@@ -770,8 +770,9 @@ def profiles(args: argparse.Namespace) -> list[str]:
     lines = ["", f"Where the CPU goes at {args.target} connections: py-spy (100 Hz, every process of "
              f"the server) during one more {args.profile} s run: CPU ms per request = the run's CPU ms per "
              "request x the stage's share of samples of threads not idle (running, or waiting for the GIL, which "
-             "overstates GIL-bound stages in a crowded single process). Native threads py-spy cannot see (Ray's "
-             "C++ core worker, raylet and GCS) are in the run's CPU but in no stage's samples.", "",
+             "overstates GIL-bound stages in a crowded single process). Processes that run no Python (Ray's raylet and "
+             "GCS) are in the run's CPU but in no sample, so Ray Serve's stages are spread over more than they "
+             "used.", "",
              "| stage | " + " | ".join(LABELS.get(s, s) for s in servers) + " |",
              "|---|" + "---:|" * len(servers)]  # fmt: skip
     shares = {server: {**PROFILES[server][0], "total": 1.0} for server in servers}
