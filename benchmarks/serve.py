@@ -5,6 +5,7 @@ vs the framework alone vs the bare model, and the service's cost curve.
     python benchmarks/serve.py --seconds 5 --only service --connections 64
     python benchmarks/serve.py --only litserve --litserve-args "--max-batch-size 32 --batch-timeout 0.005"
     python benchmarks/serve.py --sweep 5 --profile 8  # tune the three peers first, then py-spy every server
+    python benchmarks/serve.py --from-json benchmarks/results/serve.json  # the report and plot again
 
 Every server serves models/digitsum.pt with app.preprocess.preprocess and gets the same load: wrk (one
 thread) driving benchmarks/multipart.lua, which rotates through 1,000 multipart bodies built here from the
