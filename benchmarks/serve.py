@@ -593,7 +593,7 @@ def floor(images: np.ndarray, seconds: float) -> tuple[dict[tuple[str, int, int]
             model.to(memory_format=torch.channels_last)
         for threads in sorted({1, default_threads}):
             torch.set_num_threads(threads)
-            for batch in (1, 64):
+            for batch in (1, 16, 64) if layout == "channels-last" and threads == 1 else (1, 64):
                 rates[layout, threads, batch] = images_per_s(model, *tensors, batch, seconds)
     torch.set_num_threads(default_threads)
     return rates, preprocess_ms
