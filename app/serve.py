@@ -3,7 +3,8 @@
 `uvicorn --workers N` gives every process one shared listening socket, and Linux wakes the most recently idle
 process first, which then accepts every connection already waiting: 16 keep-alive clients arriving together
 all landed on one process (one core) in 3 of 8 tries, at 800 instead of 1,310 requests/s. Here each process
-binds its own socket with SO_REUSEPORT, and the kernel spreads new connections over them by address hash.
+gets its own socket with SO_REUSEPORT (the parent binds them), and the kernel spreads new connections over
+them by address hash.
 
 A worker listens only once its model is loaded, warmed up and self-tested (uvicorn runs the lifespan before it
 listens), so no connection reaches a worker that would answer 503 "not ready". The parent (app/supervisor.py)
@@ -59,14 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         spawn = multiprocessing.get_context("spawn")  # a fresh interpreter each: no torch state copied by fork
         parent = os.getpid()
 
-        def start_process(report: Connection) -> multiprocessing.process.BaseProcess:
-            return spawn.Process(
-                target=serve, args=(args.host, port, args.log_config, parent, report), name="digitsum-worker"
-            )
+        def open_socket() -> socket.socket:
+            return reuseport_socket(args.host, port)
+
+        def start_process(sock: socket.socket, report: Connection) -> multiprocessing.process.BaseProcess:
+            return spawn.Process(target=serve, args=(sock, args.log_config, parent, report), name="digitsum-worker")
 
         url = f"http://{args.host}:{port}"
         log.info("starting %d workers for %s; each listens once its model is ready", workers, url)
-        return Supervisor(start_process, workers, url, settings.drain_timeout_s).run()
+        return Supervisor(open_socket, start_process, workers, url, settings.drain_timeout_s).run()
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -135,7 +137,16 @@ def family_of(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def serve(host: str, port: int, log_config: str | None, parent: int, report: Connection) -> None:
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """Bound but not listening: until a worker listens on it, the kernel gives it no connection."""
+    sock = socket.socket(family_of(host), socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def serve(sock: socket.socket, log_config: str | None, parent: int, report: Connection) -> None:
     """One worker: uvicorn on its own socket of the port's SO_REUSEPORT group, listening once the model is ready."""
     die_with_parent(parent)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the launcher's signal (rolling restart), e.g. from a terminal
@@ -148,7 +159,7 @@ def serve(host: str, port: int, log_config: str | None, parent: int, report: Con
         access_log=False,
         timeout_graceful_shutdown=math.ceil(get_settings().drain_timeout_s),  # typed int: whole seconds
     )
-    ReportingServer(config, app, report).run(sockets=[bound_socket(host, port)])
+    ReportingServer(config, app, report).run(sockets=[sock])
 
 
 def die_with_parent(parent: int) -> None:
@@ -157,19 +168,6 @@ def die_with_parent(parent: int) -> None:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # it died before the line above
         sys.exit(0)
-
-
-def bound_socket(host: str, port: int) -> socket.socket:
-    """Bound but not listening: until uvicorn listens, the kernel gives this worker no connection."""
-    sock = socket.socket(family_of(host), socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:  # taken between the parent's check and now
-        log.error("cannot listen on %s:%d (%s); stop what uses it or choose another PORT", host, port, exc)
-        sys.exit(STARTUP_FAILURE)
-    return sock
 
 
 def ready_before_listening(app: FastAPI, report: Connection) -> FastAPI:

@@ -5,7 +5,9 @@
   become ready (a bad checkpoint or setting) does the parent stop, with the worker's reason and exit status.
 - SIGHUP: a rolling restart. One worker at a time, a new one starts (reading the checkpoint now on disk); only
   once it is ready does the old one get SIGTERM and drain. A new worker that fails ends the restart there, and
-  the old workers keep serving.
+  the old workers keep serving. The new worker takes over the old one's listening socket rather than a new one:
+  connections already queued on it are then accepted by the new worker, where closing the old socket would reset
+  them (Linux resets a closed listener's queue unless net.ipv4.tcp_migrate_req=1).
 - SIGTERM or SIGINT: every worker drains; one still alive DIGITSUM_DRAIN_TIMEOUT_S + KILL_MARGIN_S later is killed.
 """
 
@@ -32,12 +34,15 @@ BACKOFF_S = (1, 2, 4, 8, 16, 30)  # before each replacement of a worker that kee
 HEALTHY_AFTER_S = 60.0  # a worker that served this long before dying was not part of a crash loop
 KILL_MARGIN_S = 5.0  # beyond the drain bound: uvicorn's own shutdown, the batcher and the lifespan's end
 
-StartProcess = Callable[[Connection], BaseProcess]  # a worker process, not started yet, reporting on this pipe
+OpenSocket = Callable[[], socket.socket]  # a new socket of the port's SO_REUSEPORT group: bound, not listening
+StartProcess = Callable[[socket.socket, Connection], BaseProcess]  # a worker, not started yet: serves that socket,
+# and reports on that pipe
 
 
 @dataclass(eq=False)
 class Worker:
     process: BaseProcess
+    sock: socket.socket  # the parent's copy of the worker's listening socket
     pipe: Connection | None  # None once the worker closed its end
     ready_at: float | None = None
     failure: str = "it gave no reason; see its lines above"
@@ -50,8 +55,9 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, start_process: StartProcess, count: int, url: str, drain_s: float) -> None:
-        self.start_process, self.count, self.url, self.drain_s = start_process, count, url, drain_s
+    def __init__(self, open_socket: OpenSocket, start_process: StartProcess, count: int, url: str, drain_s: float):
+        self.open_socket, self.start_process = open_socket, start_process
+        self.count, self.url, self.drain_s = count, url, drain_s
         self.workers: list[Worker] = []
         self.signals: list[int] = []
         self.retry_at: list[float] = []  # when to start the replacements of workers that died
@@ -104,7 +110,8 @@ class Supervisor:
 
     def start(self, replaces: Worker | None = None) -> None:
         reader, writer = Pipe(duplex=False)
-        process = self.start_process(writer)
+        sock = replaces.sock if replaces is not None else self.open_socket()
+        process = self.start_process(sock, writer)
         # Born with SIGHUP blocked (a mask survives exec), until it ignores SIGHUP: one sent to the whole process
         # group (a closed terminal, `timeout`) must not kill a worker still starting; the parent gets it later.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
@@ -113,7 +120,7 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         writer.close()  # the worker's end: once the worker is gone, reading ours says EOF
-        self.workers.append(Worker(process, reader, replaces=replaces))
+        self.workers.append(Worker(process, sock, reader, replaces=replaces))
         log.info("started worker %s%s", process.pid, f" to replace worker {replaces.pid}" if replaces else "")
 
     def read_message(self, worker: Worker) -> None:
@@ -147,6 +154,8 @@ class Supervisor:
                 break
             self.read_message(worker)
         self.workers.remove(worker)
+        if all(w.sock is not worker.sock for w in self.workers):
+            worker.sock.close()  # else its successor (or predecessor) still serves it
         successor = next((w for w in self.workers if w.replaces is worker), None)
         status = exit_status(worker.process.exitcode)
         if worker.kill_at is not None or self.stopping:
@@ -225,6 +234,7 @@ class Supervisor:
         self.retry_at.clear()
         self.to_restart.clear()
         for worker in self.workers:
+            worker.sock.close()  # the parent's copy: the port refuses connections once the workers close theirs
             self.terminate(worker)
 
     def terminate(self, worker: Worker) -> None:
