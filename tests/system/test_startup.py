@@ -86,7 +86,7 @@ def test_a_checkpoint_that_fails_its_self_test_stops_the_launcher_with_the_reaso
     model = write_checkpoint(ConstantDigit(3), tmp_path / "three.pt")
     result = start({"DIGITSUM_MODEL_PATH": str(model)}, "make-run")
     assert result.returncode == 3
-    reason = "self-test failed: expected digit 7, sum 9; got 3, 5"
+    reason = "self-test failed: selftest-7.png: expected digit 7, sum 9; got 3, 5"
     assert re.search(
         rf"ERROR digitsum startup failed: worker \d+ exited with status 3: {reason}; stopping$", result.stderr, re.M
     )
