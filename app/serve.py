@@ -17,6 +17,7 @@ Workers die with the parent, even when it is SIGKILLed. `--workers auto`: one pe
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ctypes
 import logging
 import math
@@ -43,6 +44,7 @@ from app.supervisor import FAILED, READY, Supervisor
 log = logging.getLogger("digitsum")
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+ACCEPTED_GRACE_S = 0.5  # a local client's request follows its connection within a millisecond or so
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +207,15 @@ class ReportingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)  # the lifespan (model ready), then listen; exits on failure
         self.report.send((READY, self.app.state.predictor.model.sha256[:12]))
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting, then give connections accepted a moment ago the time to send their request before
+        uvicorn's own shutdown: it closes every connection without a request yet, and a request already on its
+        way is then answered by a reset (1 in ~1,600 requests lost during a rolling restart, without this)."""
+        for server in self.servers:
+            server.close()
+        await asyncio.sleep(ACCEPTED_GRACE_S)
+        await super().shutdown(sockets)
 
 
 if __name__ == "__main__":

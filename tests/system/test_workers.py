@@ -198,6 +198,7 @@ def test_sighup_swaps_the_checkpoint_one_worker_at_a_time_without_failing_a_requ
         server.wait_for_log(
             rf"INFO digitsum restart complete: {WORKERS} workers serving model sha256 {new} on ", after=mark
         )
+        until(lambda: not any(alive(pid) for pid in old_workers))  # drained: what they accepted is answered
         load.finish(more=40)
         new_workers = server.worker_pids()
 
