@@ -211,9 +211,10 @@ class Supervisor:
         if self.restarting:
             log.warning("SIGHUP: a rolling restart is already under way; send SIGHUP again once it has finished")
             return
-        self.to_restart = [w for w in self.workers if w.ready_at is not None and w.kill_at is None]
+        # Those still starting too: they may have read the checkpoint before it was replaced.
+        self.to_restart = [w for w in self.workers if w.kill_at is None]
         if not self.to_restart:
-            log.warning("SIGHUP: no worker is ready yet, so there is nothing to restart")
+            log.warning("SIGHUP: no worker is running, so there is nothing to restart")
             return
         log.info("SIGHUP: restarting %d workers one at a time, with the checkpoint now on disk", len(self.to_restart))
         self.restarting = True
