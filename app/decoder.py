@@ -12,7 +12,9 @@ job in a decoder process is bounded by:
   has grown by more than RECYCLE_BYTES exits after answering, so its memory goes back to the system;
 * the request's deadline, and the client: on either, the process is killed (504, or nothing to answer).
 
-A killed or exited process is replaced in the background. Waiting for a decoder counts against the same
+A killed or exited process is replaced in the background, forked from a small server process that has
+imported numpy, Pillow and this module once (multiprocessing's forkserver): about 10 ms of CPU, where a fresh
+interpreter costs over 100 ms, which a client sending bombs would otherwise make us pay each time. Waiting for a decoder counts against the same
 queue bound (503 + Retry-After) and deadline (504) as waiting for the model.
 """
 
@@ -158,7 +160,8 @@ class DecoderProcess:
     """One decoder process and the pipe to it; `round_trip` blocks, so it runs in a thread."""
 
     def __init__(self, limits: DecodeLimits) -> None:
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch, no copied threads
+        context = multiprocessing.get_context("forkserver")  # forks of a small server: no torch, no copied threads
+        context.set_forkserver_preload(["app.decoder"])  # numpy, Pillow and our code imported once, there
         self.conn, child = context.Pipe()
         self.process = context.Process(target=serve, args=(child, limits), name="digitsum-decoder", daemon=True)
         self.process.start()
