@@ -75,11 +75,11 @@ def exchange(port: int, request: bytes) -> Answer:
         return read_answer(sock)
 
 
-def stream(port: int, prefix: bytes, chunks: Iterator[bytes]) -> tuple[Answer, int]:
+def stream(port: int, prefix: bytes, chunks: Iterator[bytes], timeout_s: float = 30) -> tuple[Answer, int]:
     """Send prefix then chunks from a thread while reading the answer here: (the answer, bytes the client managed
     to send before the server answered and stopped reading). A server that reads everything first answers late."""
     sent = [0]
-    with connect(port) as sock:
+    with connect(port, timeout_s) as sock:
 
         def send() -> None:
             try:
