@@ -302,11 +302,11 @@ def streamed(port: int, prefix: bytes, chunk: bytes, total: int, seconds: float)
                 return
             yield piece
 
-    try:
-        answer, sent = raw_http.stream(port, prefix, chunks(), timeout_s=seconds + 5)
-    except TimeoutError:
-        return Counter({f"no answer in {seconds + 5:g} s": 1}), []
-    label = str(answer.status) if answer.status else "closed without answer"
+    answer, sent = raw_http.stream(port, prefix, chunks(), timeout_s=seconds + 5)
+    if answer.timed_out:
+        label = f"no answer in {seconds + 5:.0f} s"
+    else:
+        label = str(answer.status) if answer.status else "closed without answer"
     return Counter({label: 1}), [f"{sent / MB:.1f} MB sent before the answer (of {total / MB:.0f} MB)"]
 
 
@@ -638,13 +638,18 @@ def save(args: argparse.Namespace, load: float, results: list[Result]) -> None:
     runs = json.loads(path.read_text()) if path.exists() else {}
     commit = subprocess.run(["git", "-C", str(args.root), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or args.root.name  # fmt: skip
+    if args.only and args.label in runs:  # a partial rerun replaces those attacks and keeps the others
+        new = {r.attack: asdict(r) for r in results if r.attack != "baseline"}
+        results_json = [new.pop(r["attack"], r) for r in runs[args.label]["results"]] + list(new.values())
+    else:
+        results_json = [asdict(r) for r in results]
     runs[args.label] = {
         "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit,
         "load": round(load, 2),
         "seconds": args.seconds,
         "fd_limit": args.fd_limit,
-        "results": [asdict(r) for r in results],
+        "results": results_json,
     }
     path.write_text(json.dumps(runs, indent=1) + "\n")
     (args.results / "hostile.md").write_text(report(runs))

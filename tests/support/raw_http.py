@@ -17,6 +17,7 @@ class Answer:
     status: int | None  # None: the connection closed (or reset) before a status line arrived
     body: bytes
     closed: bool  # the server closed the connection after it (EOF or reset)
+    timed_out: bool = False  # nothing (complete) arrived within the socket's timeout
 
     @property
     def detail(self) -> str:
@@ -77,7 +78,8 @@ def exchange(port: int, request: bytes) -> Answer:
 
 def stream(port: int, prefix: bytes, chunks: Iterator[bytes], timeout_s: float = 30) -> tuple[Answer, int]:
     """Send prefix then chunks from a thread while reading the answer here: (the answer, bytes the client managed
-    to send before the server answered and stopped reading). A server that reads everything first answers late."""
+    to send before the server answered and stopped reading, or before timeout_s without an answer). A server that
+    reads everything first answers late."""
     sent = [0]
     with connect(port, timeout_s) as sock:
 
@@ -93,7 +95,10 @@ def stream(port: int, prefix: bytes, chunks: Iterator[bytes], timeout_s: float =
 
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
-        answer = read_answer(sock)
+        try:
+            answer = read_answer(sock)
+        except TimeoutError:
+            answer = Answer(None, b"", closed=False, timed_out=True)
         sent_when_answered = sent[0]
         with contextlib.suppress(OSError):  # already reset by the server
             sock.shutdown(socket.SHUT_RDWR)  # unblocks the sender
