@@ -51,6 +51,7 @@ PROBE_EVERY_S = 0.05
 PROBE_TIMEOUT_S = 5.0
 HEALTHZ_TARGET_MS = 50.0
 MB = 1024 * 1024
+Outcome = tuple[Counter[str], list[str]]  # what an attack saw: statuses, notes
 
 
 # --- the server and /proc ------------------------------------------------------------------------------------
@@ -292,8 +293,9 @@ def upload(data: bytes, filename: str, number: str = "3") -> bytes:
     return head.encode() + body
 
 
-def streamed(port: int, prefix: bytes, chunk: bytes, total: int, seconds: float) -> tuple[Counter[str], list[str]]:
-    """prefix, then chunk repeated up to total bytes, sent while the answer is read; bounded by seconds."""
+def streamed(port: int, prefix: bytes, chunk: bytes, total: int, suffix: bytes, seconds: float) -> Outcome:
+    """prefix, chunk repeated up to total bytes, then suffix (ending the request), sent while the answer is read;
+    bounded by seconds: when the time is up the request is ended there, so a server that reads it all answers."""
     deadline = time.monotonic() + seconds
 
     def chunks() -> Iterator[bytes]:
@@ -302,7 +304,7 @@ def streamed(port: int, prefix: bytes, chunk: bytes, total: int, seconds: float)
                 return
             yield piece
 
-    answer, sent = raw_http.stream(port, prefix, chunks(), timeout_s=seconds + 5)
+    answer, sent = raw_http.stream(port, prefix, chunks(), timeout_s=seconds + 5, suffix=suffix)
     if answer.timed_out:
         label = f"no answer in {seconds + 5:.0f} s"
     else:
@@ -533,11 +535,11 @@ def attacks(seconds: float, idle: int) -> list[Attack]:
     big = 128 * MB
     return [
         Attack("huge-header", "one header value of 128 MB", lambda p, s: repeated(lambda left: streamed(
-            p, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ", b"a" * 65536, big, left))(p, s)),
+            p, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ", b"a" * 65536, big, b"\r\n\r\n", left))(p, s)),
         Attack("many-headers", "4.2 million headers (32 MB)", lambda p, s: repeated(lambda left: streamed(
-            p, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"a: bcd\r\n" * 8192, 32 * MB, left))(p, s)),
+            p, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"a: bcd\r\n" * 8192, 32 * MB, b"\r\n", left))(p, s)),
         Attack("huge-url", "a URL of 32 MB", lambda p, s: repeated(lambda left: streamed(
-            p, b"GET /", b"a" * 65536, 32 * MB, left))(p, s)),
+            p, b"GET /", b"a" * 65536, 32 * MB, b" HTTP/1.1\r\nHost: x\r\n\r\n", left))(p, s)),
         Attack("idle-10k", f"{idle:,} connections that send nothing; a new client posts /predict meanwhile",
                lambda p, s: idle_connections(p, idle, s)),
         Attack("slowloris", "1,000 heads trickled a header line a second, never finished",

@@ -76,8 +76,10 @@ def exchange(port: int, request: bytes) -> Answer:
         return read_answer(sock)
 
 
-def stream(port: int, prefix: bytes, chunks: Iterator[bytes], timeout_s: float = 30) -> tuple[Answer, int]:
-    """Send prefix then chunks from a thread while reading the answer here: (the answer, bytes the client managed
+def stream(
+    port: int, prefix: bytes, chunks: Iterator[bytes], timeout_s: float = 30, suffix: bytes = b""
+) -> tuple[Answer, int]:
+    """Send prefix, chunks and suffix from a thread while reading the answer here: (the answer, bytes the client managed
     to send before the server answered and stopped reading, or before timeout_s without an answer). A server that
     reads everything first answers late."""
     sent = [0]
@@ -90,6 +92,8 @@ def stream(port: int, prefix: bytes, chunks: Iterator[bytes], timeout_s: float =
                 for chunk in chunks:
                     sock.sendall(chunk)
                     sent[0] += len(chunk)
+                sock.sendall(suffix)  # the end of the request, for a server that read it all
+                sent[0] += len(suffix)
             except OSError:  # the server closed: what we wanted to see
                 pass
 
