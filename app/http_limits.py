@@ -68,13 +68,17 @@ class HeadLimits:
         )
 
 
+NOT_HTTP = "The request is not valid HTTP/1.1."
+
+
 class Refusal(Exception):
     """Raised inside a parser callback to stop parsing; data_received answers it."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, reason: str = "malformed request") -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.reason = reason  # for the log's counts
 
 
 class EventCounts:
@@ -87,7 +91,7 @@ class EventCounts:
 
     def add(self, reason: str, loop: asyncio.AbstractEventLoop) -> None:
         if not self.counts and self.flush_handle is None:
-            log.warning("closed a connection: %s (further ones are counted every %.0f s)", reason, LOG_EVERY_S)
+            log.warning("http: %s (more are counted every %.0f s)", reason, LOG_EVERY_S)
             self.flush_handle = loop.call_later(LOG_EVERY_S, self.flush, loop)
             return
         self.counts[reason] = self.counts.get(reason, 0) + 1
@@ -96,7 +100,7 @@ class EventCounts:
         self.flush_handle = None
         if self.counts:
             summary = "; ".join(f"{n} x {reason}" for reason, n in sorted(self.counts.items()))
-            log.warning("closed connections in the last %.0f s: %s", LOG_EVERY_S, summary)
+            log.warning("http, in the last %.0f s: %s", LOG_EVERY_S, summary)
             self.counts = {}
             self.flush_handle = loop.call_later(LOG_EVERY_S, self.flush, loop)
 
@@ -130,7 +134,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections and not self.evict_oldest_idle():
             detail = "The server has too many open connections; retry in a few seconds."
-            self.refuse(503, detail, "503 over max_connections, none idle")
+            self.refuse(503, detail, "over max_connections with none idle")
             return
         self.idle[self] = None
         self.start_head_timer()
@@ -146,7 +150,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         oldest, _ = self.idle.popitem(last=False)
         oldest.cancel_head_timer()
         oldest.transport.close()
-        self.events.add("idle, closed for a new connection over max_connections", self.loop)
+        self.events.add("closed an idle connection to make room over max_connections", self.loop)
         return True
 
     def on_response_complete(self) -> None:
@@ -167,11 +171,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         continued = self.in_head  # the head began in an earlier read: all of this one is head (or its end)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, Refusal):
-                self.refuse(exc.__context__.status, exc.__context__.detail, f"{exc.__context__.status} head over limit")
-            else:
-                raise
+        except httptools.HttpParserCallbackError as exc:  # a cap, or uvicorn's own callback failing (non-ASCII path)
+            refusal = exc.__context__ if isinstance(exc.__context__, Refusal) else Refusal(400, NOT_HTTP)
+            self.refuse(refusal.status, refusal.detail, refusal.reason)
             return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
@@ -180,14 +182,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
             return
         except httptools.HttpParserError:
-            self.refuse(400, "The request is not valid HTTP/1.1.", "400 malformed request")
+            self.refuse(400, NOT_HTTP, "malformed request")
             return
         if self.in_head and continued:
             # on_header sees a header only once it is complete: a value that never ends is caught here. The read
             # in which the head began is not counted (it may hold the previous request's body); on_header is.
             self.head_bytes += len(data)
             if self.head_bytes - self.url_bytes > self.limits.max_header_bytes:
-                self.refuse(431, self.header_bytes_detail(), "431 head over limit")
+                self.refuse(431, self.header_bytes_detail(), "headers over limit")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -200,22 +202,26 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_url(self, url: bytes) -> None:
         self.url_bytes += len(url)
         if self.url_bytes > self.limits.max_url_bytes:
-            raise Refusal(414, f"The URL is longer than {self.limits.max_url_bytes} bytes.")
+            raise Refusal(414, f"The URL is longer than {self.limits.max_url_bytes} bytes.", "URL over limit")
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_count += 1
         self.header_bytes += len(name) + len(value) + 4  # ": " and CRLF
         if self.header_count > self.limits.max_headers:
-            raise Refusal(431, f"The request has more than {self.limits.max_headers} headers.")
+            raise Refusal(431, f"The request has more than {self.limits.max_headers} headers.", "too many headers")
         if self.header_bytes > self.limits.max_header_bytes:
-            raise Refusal(431, self.header_bytes_detail())
+            raise Refusal(431, self.header_bytes_detail(), "headers over limit")
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.cancel_head_timer()
         super().on_headers_complete()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """uvicorn warns once per request; counted instead, so a client repeating it cannot flood the log."""
+        self.events.add("ignored an Upgrade header (not a WebSocket)", self.loop)
 
     def header_bytes_detail(self) -> str:
         return f"The request headers are larger than {self.limits.max_header_bytes} bytes."
@@ -237,10 +243,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.bytes_seen == 0:  # nothing to answer: it never asked anything
             self.idle.pop(self, None)
             self.transport.close()
-            self.events.add("sent nothing within the header timeout", self.loop)
+            self.events.add("closed a connection that sent nothing within the header timeout", self.loop)
             return
         detail = f"The request headers did not arrive within {self.limits.header_timeout_s:g} s."
-        self.refuse(408, detail, "408 headers incomplete within the header timeout")
+        self.refuse(408, detail, "request head incomplete within the header timeout")
 
     # --- refusing ----------------------------------------------------------------------------
 
@@ -250,7 +256,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.in_head = False
         self.idle.pop(self, None)
         self.cancel_head_timer()
-        self.events.add(reason, self.loop)
+        self.events.add(f"answered {status}: {reason}", self.loop)
         if self.transport.is_closing():
             return
         self.flow.resume_reading()

@@ -80,7 +80,11 @@ def test_headers_at_the_caps_are_served(server: LiveServer) -> None:
     assert answer.status == 200
 
 
-@pytest.mark.parametrize("request_bytes", [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", b"GET /\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n"],
+    ids=["not HTTP", "header without colon", "raw UTF-8 in the path"],
+)
 def test_malformed_request_is_400_with_a_detail(server: LiveServer, request_bytes: bytes) -> None:
     answer = raw_http.exchange(server.port, request_bytes)
     assert (answer.status, answer.detail) == (400, "The request is not valid HTTP/1.1.")
@@ -202,7 +206,7 @@ def test_over_the_cap_the_longest_idle_connection_makes_room(small_server: LiveS
         assert_serving(small_server)  # waits for every accept before it: the server has seen all 40
         assert not still_open(idle[0])
         assert still_open(idle[-1])
-        assert re.search(r"idle, closed for a new connection over max_connections", small_server.log_text())
+        assert re.search(r"closed an idle connection to make room over max_connections", small_server.log_text())
     finally:
         for sock in idle:
             sock.close()
