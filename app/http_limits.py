@@ -34,7 +34,7 @@ log = logging.getLogger("digitsum")
 # A refused connection is still read (and discarded) for up to LINGER_S or LINGER_BYTES, so that a client still
 # sending reads the answer rather than a reset, while one that sends on for ever costs a bounded amount.
 LINGER_S = 2.0
-LINGER_BYTES = 1 << 20
+LINGER_BYTES = 256 * 1024
 LOG_EVERY_S = 10.0  # refusals are logged as counts at most this often per worker, not a line per connection
 FD_RESERVE = 256  # descriptors a worker keeps for itself beyond connections: model, logs, metrics files, threads
 
