@@ -10,8 +10,12 @@ Here a request head is counted as it arrives, in every read and in the parser's 
 it passes a cap: 414 for the URL, 431 for the header bytes or count, 400 for what is not HTTP, 408 for a head that
 has not arrived within the header timeout (a connection that sent nothing is just closed). Each refusal is a JSON
 {"detail": ...} with `Connection: close`; the connection then half-closes and reads what the client still sends
-for a moment (LINGER_S), so the client reads the answer instead of a reset. Past max_connections, a new connection
-closes the one that has been idle longest, or, when none is idle, is answered 503 at once.
+for a moment (LINGER_S, LINGER_BYTES), so the client reads the answer instead of a reset. Past max_connections, a
+new connection closes the one that has been idle longest, or, when none is idle, is answered 503 at once. Each
+worker logs these as counts per reason, at most every LOG_EVERY_S, never a line per connection.
+
+benchmarks/results/hostile.md has what each attack cost before and after; benchmarks/results/http_limits_cost.md
+shows the protocol costs nothing measurable on GET /healthz.
 """
 
 from __future__ import annotations
