@@ -14,8 +14,9 @@ job in a decoder process is bounded by:
 
 A killed or exited process is replaced in the background, forked from a small server process that has
 imported numpy, Pillow and this module once (multiprocessing's forkserver): about 10 ms of CPU, where a fresh
-interpreter costs over 100 ms, which a client sending bombs would otherwise make us pay each time. Waiting for a decoder counts against the same
-queue bound (503 + Retry-After) and deadline (504) as waiting for the model.
+interpreter costs over 100 ms, which a client sending bombs would otherwise make us pay each time.
+Waiting for a decoder counts against the same queue bound (503 + Retry-After) and deadline (504) as waiting
+for the model.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 
 from app.errors import StartupError
+from app.http_limits import HeadLimits, limited_protocol, raise_fd_limit
 from app.settings import get_settings
 
 log = logging.getLogger("digitsum")
@@ -119,11 +120,13 @@ def serve(host: str, port: int, log_config: str | None) -> None:
     except OSError as exc:  # taken between the parent's check and now
         log.error("cannot listen on %s:%d (%s); stop what uses it or choose another PORT", host, port, exc)
         sys.exit(STARTUP_FAILURE)
+    limits = HeadLimits.from_settings(get_settings(), raise_fd_limit())
     config = uvicorn.Config(
         "app.main:app",
         log_config=log_config or LOGGING_CONFIG,
         access_log=False,
         timeout_graceful_shutdown=math.ceil(get_settings().drain_timeout_s),
+        http=limited_protocol(limits),  # caps on the request head and on idle connections
     )
     uvicorn.Server(config).run(sockets=[sock])
 
