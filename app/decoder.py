@@ -37,8 +37,16 @@ import anyio
 import numpy as np
 
 from app.errors import TimedOut, Unavailable
-from app.preprocess import preprocess, to_mnist
-from app.upload import ImageError, ImageTooLarge, NoDigitFound, UnsupportedImage, decode_pixels, open_checked
+from app.preprocess import to_mnist
+from app.upload import (
+    ImageError,
+    ImageTooLarge,
+    NoDigitFound,
+    UnsupportedImage,
+    decode_pixels,
+    decoding_bytes,
+    open_checked,
+)
 
 log = logging.getLogger("digitsum")
 
@@ -128,7 +136,6 @@ class Decoder:
         raise UnsupportedImage("The image could not be decoded; send a PNG or JPEG image.")
 
     def _died(self, process: DecoderProcess) -> ImageError:
-        process.process.join(timeout=1)
         if process.process.exitcode == -signal.SIGPROF:
             return ImageTooLarge(
                 f"The image needs more than {self.limits.cpu_s:g} s of CPU to decode; "
@@ -177,7 +184,8 @@ class DecoderProcess:
                 self.kill()
                 raise TimedOut("The image could not be decoded in time; retry shortly.")
             return self.conn.recv_bytes()
-        except (EOFError, OSError):
+        except (EOFError, OSError):  # it died: wait here, off the event loop, for its exit status
+            self.process.join(timeout=1)
             return None
 
     def kill(self) -> None:
@@ -214,7 +222,13 @@ def serve(conn: Connection, limits: DecodeLimits) -> None:
 def _decode(data: bytes, limits: DecodeLimits) -> bytes:
     signal.setitimer(signal.ITIMER_PROF, limits.cpu_s)  # CPU seconds of this process; the signal ends it
     try:
-        return b"K" + preprocess(data, limits.max_pixels).astype(np.float32).tobytes()
+        image = open_checked(data, limits.max_pixels)
+        if (needed := decoding_bytes(image)) > limits.memory_bytes:  # refused before the decoder runs out
+            raise ImageTooLarge(
+                f"The image needs about {needed / 2**20:,.0f} MB to decode, more than the "
+                f"{limits.memory_bytes / 2**20:,.0f} MB an upload may use; send a smaller one."
+            )
+        return b"K" + to_mnist(decode_pixels(image)).astype(np.float32).tobytes()
     except ImageError as exc:
         return b"E" + type(exc).__name__.encode() + b"\0" + str(exc).encode()
     except MemoryError:
