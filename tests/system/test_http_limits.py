@@ -20,7 +20,6 @@ from tests.support import raw_http
 from tests.support.digits import Sample
 from tests.support.live_server import MAKE_RUN, LiveServer, live_server
 from tests.support.service import png_bytes
-from tests.system.test_workers import post_digit
 
 HEADER_TIMEOUT_S = 2
 SENT_TOTAL = 256 * 1024 * 1024  # what the endless-head clients would send if nobody stopped them
@@ -165,7 +164,7 @@ def test_ten_thousand_idle_connections_do_not_block_a_new_client(tmp_path: Path,
         try:
             for _ in range(4):  # both workers' sockets, whichever the kernel picks
                 assert_serving(server)
-                assert post_digit(server, png_bytes(sample.test.images[0]), 3) == 200
+                assert server.post_digit(png_bytes(sample.test.images[0]), 3)[0] == 200
         finally:
             for sock in idle:
                 sock.close()
