@@ -90,7 +90,7 @@ build_standin() {
   mmdebstrap --quiet --variant=minbase --include=ca-certificates,python3,python3-venv \
     --customize-hook='mkdir -p "$1/usr/local/share/ca-certificates"' \
     --customize-hook='for c in /usr/local/share/ca-certificates/*.crt; do [ -e "$c" ] && cp "$c" "$1/usr/local/share/ca-certificates/"; done; true' \
-    --customize-hook='chroot "$1" update-ca-certificates >/dev/null' \
+    --customize-hook='chroot "$1" update-ca-certificates >/dev/null 2>&1' \
     --customize-hook='chroot "$1" python3 -m venv /usr/local' \
     --customize-hook='rm -rf "$1/var/lib/apt/lists/"* "$1/var/cache/apt/"*' \
     bookworm "$tar" >&2
