@@ -4,11 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 HOST ?= 0.0.0.0
-# Processes for `make run`: one per core on CPU (each has its own model and batcher, and decodes under its own
-# GIL; /metrics adds them up through PROMETHEUS_MULTIPROC_DIR); 1 on a GPU, where one batcher should own the
-# device. app/serve.py gives each its own socket, so connections spread evenly. benchmarks/results/serve.md
-# has the numbers.
-WORKERS ?= 2
+# Processes for `make run`: auto is one per CPU of the cgroup's quota (a container's --cpus), else of the affinity
+# mask. Each has its own model and batcher, and decodes under its own GIL; /metrics adds them up through a
+# temporary PROMETHEUS_MULTIPROC_DIR. Use 1 on a GPU, where one batcher should own the device. app/serve.py gives
+# each its own socket, so connections spread evenly; benchmarks/results/serve.md has the numbers.
+WORKERS ?= auto
 
 .PHONY: run test lint lock container-test bench-container train train-mnist bench clean
 
@@ -24,8 +24,7 @@ $(BIN)/.dev: pyproject.toml $(BIN)/.serve
 	touch $@
 
 run: $(BIN)/.serve  ## serve models/digitsum.pt on $(HOST):$(PORT)
-	PROMETHEUS_MULTIPROC_DIR=$$(mktemp -d) $(BIN)/python -m app.serve --host $(HOST) --port $(PORT) \
-		--workers $(WORKERS) --log-config app/log_config.json
+	$(BIN)/python -m app.serve --host $(HOST) --port $(PORT) --workers $(WORKERS) --log-config app/log_config.json
 
 test: $(BIN)/.dev  ## the whole suite
 	$(BIN)/python -m pytest

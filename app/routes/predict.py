@@ -65,6 +65,7 @@ async def predict(
         f"decode;dur={(decoded - start) * 1000:.2f}, queue;dur={timed.queue_s * 1000:.2f}, "
         f"inference;dur={timed.inference_s * 1000:.2f}"
     )
+    response.headers["X-Model-SHA256"] = predictor.model.sha256[:12]
     return encode(timed.value, number, settings.low_confidence, pixels if debug else None)
 
 
