@@ -43,7 +43,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/readyz', timeout=2)"]
 
-# The launcher of `make run`. sh only expands the variables: exec hands PID 1 to app.serve, so `docker stop`'s
-# SIGTERM reaches it and every worker drains its in-flight requests (DIGITSUM_DRAIN_TIMEOUT_S). Each worker's
-# metrics go to a directory on the /tmp tmpfs, which /metrics adds up.
-CMD ["sh", "-c", "export PROMETHEUS_MULTIPROC_DIR=$(mktemp -d) && exec python -m app.serve --host 0.0.0.0 --port \"$PORT\" --workers \"$WORKERS\" --log-config app/log_config.json"]
+# The launcher of `make run` (app/serve.py). sh only expands the variables: exec hands PID 1 to app.serve, so
+# `docker stop`'s SIGTERM reaches it and every worker drains its in-flight requests (DIGITSUM_DRAIN_TIMEOUT_S).
+CMD ["sh", "-c", "exec python -m app.serve --host 0.0.0.0 --port \"$PORT\" --workers \"${WORKERS:-auto}\" --log-config app/log_config.json"]

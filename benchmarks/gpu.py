@@ -1,7 +1,7 @@
 """The service on a CUDA GPU, in one run of under 5 minutes: answers identical to the CPU's, and how fast.
 
     python benchmarks/gpu.py               # on a CUDA host; writes benchmarks/results/gpu.md
-    python benchmarks/gpu.py --dry-run     # the same path on the CPU, small and short (tests/system/test_gpu_dry_run.py)
+    python benchmarks/gpu.py --dry-run     # the same path on the CPU, small (tests/system/test_gpu_dry_run.py)
 
 1. Serve as the container does (`python -m app.serve`, DIGITSUM_DEVICE=cuda, the shipped model) and check that
    GET /model says cuda.

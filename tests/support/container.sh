@@ -107,6 +107,7 @@ build_standin() {
 build_image() {
   local args started
   args=$(base_image)
+  export DIGITSUM_BUILD_ARGS=$args  # for a rebuild by the command (benchmarks/container.py times one)
   started=$(date +%s)
   # shellcheck disable=SC2086  # args is zero or two words
   log "building $IMAGE (a few minutes the first time; log: $STATE/build.log)"

@@ -37,8 +37,8 @@ pytestmark = pytest.mark.container
 CPUS = 2  # the quota both ways in run under (compose file: cpus: 2)
 IN_FLIGHT = 30
 # What docker-compose.yml gives the service, for `docker run` (a user without compose types the same flags)
-HARDENING = ["--read-only", "--tmpfs", "/tmp:size=64m,mode=1777", "--cap-drop", "ALL",
-             "--security-opt", "no-new-privileges:true", f"--cpus={CPUS}", "--memory=4g", "--pids-limit=256"]  # fmt: skip
+HARDENING = ["--read-only", "--tmpfs", "/tmp:size=64m,mode=1777", "--cap-drop", "ALL", "--security-opt",
+             "no-new-privileges:true", f"--cpus={CPUS}", "--memory=4g", "--pids-limit=256"]  # fmt: skip
 
 
 @dataclass
