@@ -116,10 +116,14 @@ build_image() {
   log "built $IMAGE in $(($(date +%s) - started)) s ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1/1e9}'))"
 }
 
-[ $# -gt 0 ] || die "usage: $0 COMMAND..."
-[ "$(id -u)" -eq 0 ] || die "needs root (installs packages and starts dockerd)"
-install_tools
-start_engine
-build_image
-export DIGITSUM_IMAGE=$IMAGE
-"$@"
+main() {
+  [ $# -gt 0 ] || die "usage: $0 COMMAND..."
+  [ "$(id -u)" -eq 0 ] || die "needs root (installs packages and starts dockerd)"
+  install_tools
+  start_engine
+  build_image
+  export DIGITSUM_IMAGE=$IMAGE
+  "$@"
+}
+
+main "$@"  # in a function, so bash has read the whole file before running it

@@ -24,12 +24,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
+from app.model import DeviceChoice, Model
+from app.preprocess import preprocess
 from tests.support import hostile_inputs as hi
 from tests.support.digits import Sample
 from tests.support.live_server import free_port
-from tests.support.service import ROOT, png_bytes
+from tests.support.service import ROOT, SHIPPED_MODEL, png_bytes
 from tests.system.test_shutdown import until, upload_in_two_halves
 
 pytestmark = pytest.mark.container
@@ -151,7 +155,7 @@ def test_healthcheck_reports_healthy(container: Container) -> None:
 
 
 def test_one_worker_per_cpu_of_the_quota(container: Container) -> None:
-    processes = docker("top", container.id, "-o", "args")
+    processes = docker("top", container.id, "-o", "pid,args")
     workers = [line for line in processes.splitlines() if "spawn_main" in line]
     assert len(workers) == CPUS, processes
 
@@ -162,12 +166,22 @@ def test_model_reports_the_device(container: Container) -> None:
 
 
 def test_predicts_real_test_digits(container: Container, sample: Sample) -> None:
-    for digit in range(10):  # the first test-split image of each digit, with number 7 - digit
-        pixels = sample.test.images[sample.test.labels == digit][0]
-        body = hi.multipart([("image", png_bytes(pixels), "d.png"), ("number", str(7 - digit).encode(), None)])
+    """40 test-split digits, each with number k % 10: right digit and sum, and the same answers as the model
+    in this process (same checkpoint, same preprocessing) to 1e-5."""
+    images, labels = sample.test.images[::25], sample.test.labels[::25]  # 4 of each digit
+    numbers = [k % 10 for k in range(len(images))]
+    pngs = [png_bytes(pixels) for pixels in images]
+    model = Model(SHIPPED_MODEL, DeviceChoice(torch.device("cpu"), "test"))
+    here = model.predict(np.stack([preprocess(png, 40_000_000) for png in pngs]), numbers)
+    right = 0
+    for png, number, label, expected in zip(pngs, numbers, labels, here, strict=True):
+        body = hi.multipart([("image", png, "d.png"), ("number", str(number).encode(), None)])
         status, answer = container.request("/predict", body, f"multipart/form-data; boundary={hi.BOUNDARY}")
         assert status == 200, answer
-        assert (answer["digit"], answer["sum"]) == (digit, 7), answer
+        assert (answer["digit"], answer["sum"]) == (expected.digit, expected.sum), answer
+        assert np.allclose(answer["digit_probabilities"], expected.digit_probabilities, atol=1e-5), answer
+        right += answer["digit"] == label and answer["sum"] == label + number
+    assert right >= len(images) - 2, right  # the shipped model is ~99% accurate on the test split
 
 
 @pytest.mark.parametrize(
