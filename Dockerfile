@@ -19,12 +19,15 @@ WORKDIR /srv/digitsum
 
 # Dependencies first, so code changes rebuild only the last layers. requirements.lock (`make lock`) pins every
 # package with its hashes: an image built next month installs the same files as the one tested today.
-# Then what serving never uses goes: torch's C++ headers and CMake files (for building extensions) and pip (the
-# image installs nothing at run time). The bytecode pip compiled stays: the root filesystem is read-only.
+# Then what serving never uses goes (benchmarks/results/container.md has the sizes): triton (0.9 GB; it compiles
+# torch.compile's kernels, and a TorchScript forward never calls it: torch checks for it before use), torch's C++
+# headers and CMake files (for building extensions), and pip (the image installs nothing at run time). The bytecode
+# pip compiled stays: the root filesystem is read-only.
 COPY requirements.lock ./
 RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements.lock \
     && SITE=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
     && rm -rf "$SITE/torch/include" "$SITE/torch/share/cmake" \
+    && python -m pip uninstall -y -q triton \
     && python -m pip uninstall -y -q pip
 
 COPY app ./app

@@ -49,9 +49,10 @@ def image_size(image: str) -> tuple[float, list[tuple[float, str]], list[tuple[i
     layers = []
     for line in sh("docker", "history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}", image
                    ).splitlines():  # fmt: skip
-        size, created_by = line.split("\t", 1)
+        size, _, created_by = line.partition("\t")
+        command = " ".join(created_by.replace("/bin/sh -c #(nop) ", "").replace("/bin/sh -c ", "RUN ").split())
         if int(size) > 1e6:
-            layers.append((int(size) / 1e6, " ".join(created_by.replace("/bin/sh -c #(nop) ", "").split())[:110]))
+            layers.append((int(size) / 1e6, command[:110] or "(the base image)"))
     script = ('cd "$(python -c "import sysconfig; print(sysconfig.get_paths()[\'purelib\'])")" '
               "&& du -sm -- */ | sort -rn | head -12")  # fmt: skip
     listing = sh("docker", "run", "--rm", "--entrypoint", "sh", image, "-c", script)
