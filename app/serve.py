@@ -188,7 +188,8 @@ def ready_before_listening(app: FastAPI, report: Connection) -> FastAPI:
             report.send((FAILED, str(exc)))
             raise
         report.send((FAILED, reason))
-        raise StartupError(reason)  # after the lifespan's own cleanup (the batcher's thread), one line
+        app.state.startup_error = StartupError(reason)  # OneLineStartupFailure: uvicorn prints no traceback
+        raise app.state.startup_error  # after the lifespan's own cleanup (the batcher's thread)
 
     app.router.lifespan_context = lifespan_until_ready
     return app

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import socket
 import time
@@ -48,6 +47,7 @@ class Worker:
     failure: str = "it gave no reason; see its lines above"
     replaces: Worker | None = None  # in a rolling restart: the old worker to stop once this one is ready
     kill_at: float | None = None  # set when it got SIGTERM: killed if still alive then
+    killed: bool = False
 
     @property
     def pid(self) -> int | None:
@@ -105,7 +105,7 @@ class Supervisor:
         return [w.process.sentinel for w in self.workers] + [w.pipe for w in self.workers if w.pipe is not None]
 
     def seconds_to_next_timer(self) -> float | None:
-        timers = self.retry_at + [w.kill_at for w in self.workers if w.kill_at is not None]
+        timers = self.retry_at + [w.kill_at for w in self.workers if w.kill_at is not None and not w.killed]
         return max(0.0, min(timers) - time.monotonic()) if timers else None
 
     def start(self, replaces: Worker | None = None) -> None:
@@ -197,13 +197,13 @@ class Supervisor:
             self.retry_at.remove(due)
             self.start()
         for worker in self.workers:
-            if worker.kill_at is not None and worker.kill_at <= now and worker.process.is_alive():
+            if worker.kill_at is not None and worker.kill_at <= now and not worker.killed:
                 log.error(
                     "worker %s still running %g s after SIGTERM (DIGITSUM_DRAIN_TIMEOUT_S=%g + %g s); killing it",
                     *(worker.pid, self.drain_s + KILL_MARGIN_S, self.drain_s, KILL_MARGIN_S),
                 )
                 worker.process.kill()
-                worker.kill_at = math.inf
+                worker.killed = True
 
     def rolling_restart(self) -> None:
         if self.stopping:
