@@ -7,8 +7,8 @@ Writes benchmarks/results/container.md. Steps:
 2. build time: `docker build --no-cache` of the Dockerfile (downloads every wheel again, ~3 GB), unless --no-build-time;
 3. speed: wrk (benchmarks/multipart.lua, 64 connections, the 1,000 test-split bodies) against the container on the
    CPU with `--cpus=2` (its launcher picks the workers: --workers auto) and against `make run` on this machine,
-   one after the other, one run each. The container is measured twice: at its bridge address (the container's own
-   serving) and at its published port on 127.0.0.1 (through docker-proxy, as a client on the host meets it).
+   alternated over --rounds (the machine is shared: other load moves between measurements), the container at its
+   bridge address (its own serving); then once at its published port on 127.0.0.1 (through docker-proxy).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -95,35 +97,51 @@ def measure(url: str, body_dir: Path, count: int, seconds: int) -> dict[str, flo
             "p99_ms": int(result["p99_us"]) / 1e3, "errors": errors_of(result)}  # type: ignore[call-overload]  # fmt: skip
 
 
-def container_points(image: str, body_dir: Path, count: int, seconds: int) -> tuple[dict, dict, str]:
+def start_container(image: str) -> tuple[str, str, int]:
+    """The image on the CPU with --cpus=2 and the compose file's hardening -> (id, bridge address, published port)."""
     port = free_port()
     cid = sh("docker", "run", "-d", "--cpus=2", "--read-only", "--tmpfs", "/tmp:size=64m", "--cap-drop", "ALL",
              "--security-opt", "no-new-privileges:true", "-p", f"127.0.0.1:{port}:8000", "-e", "DIGITSUM_DEVICE=cpu",
              image)  # fmt: skip
-    try:
-        address = sh("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", cid)
-        wait_ready(port)
-        bridge = measure(f"http://{address}:8000/predict", body_dir, count, seconds)
-        published = measure(f"http://127.0.0.1:{port}/predict", body_dir, count, seconds)
-        logs = subprocess.run(["docker", "logs", cid], capture_output=True, text=True)
-        workers = next((line for line in (logs.stdout + logs.stderr).splitlines() if "--workers auto" in line), "?")
-        return bridge, published, workers.split("--workers auto: ", 1)[-1]
-    finally:
-        sh("docker", "rm", "-f", cid)
+    address = sh("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", cid)
+    wait_ready(port)
+    return cid, address, port
 
 
-def make_run_point(body_dir: Path, count: int, seconds: int) -> dict[str, float]:
+def workers_of(cid: str) -> str:
+    logs = subprocess.run(["docker", "logs", cid], capture_output=True, text=True)
+    line = next((x for x in (logs.stdout + logs.stderr).splitlines() if "--workers auto: " in x), "")
+    return line.split("--workers auto: ", 1)[-1].split(" (", 1)[0] or "?"
+
+
+def start_make_run(log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`make run`'s command line, read from the Makefile, on 127.0.0.1."""
     port = free_port()
     command, env = make_run_command(port, makefile_default("WORKERS"))
-    log = body_dir / "make-run.log"
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env, "DIGITSUM_DEVICE": "cpu"},
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    wait_ready(port)
+    return process, port
+
+
+def speed(image: str, body_dir: Path, count: int, seconds: int, rounds: int) -> tuple[list, list, dict, str]:
+    """make run and the container at its bridge address, alternated `rounds` times (the machine's other load moves
+    between measurements); then, make run stopped, the container once through its published port."""
+    hosts, bridges = [], []
+    cid, address, port = start_container(image)
     try:
-        wait_ready(port)
-        return measure(f"http://127.0.0.1:{port}/predict", body_dir, count, seconds)
+        process, host_port = start_make_run(body_dir / "make-run.log")
+        try:
+            for _ in range(rounds):
+                hosts.append(measure(f"http://127.0.0.1:{host_port}/predict", body_dir, count, seconds))
+                bridges.append(measure(f"http://{address}:8000/predict", body_dir, count, seconds))
+        finally:
+            stop(process)
+        published = measure(f"http://127.0.0.1:{port}/predict", body_dir, count, seconds)
+        return hosts, bridges, published, workers_of(cid)
     finally:
-        stop(process)
+        sh("docker", "rm", "-f", cid)
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -136,7 +154,8 @@ def row(name: str, point: dict[str, float], base: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=15, help="wrk seconds per measurement")
+    parser.add_argument("--seconds", type=int, default=10, help="wrk seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="make run / container alternations")
     parser.add_argument("--no-build-time", action="store_true", help="skip the --no-cache build")
     args = parser.parse_args()
     image = os.environ.get("DIGITSUM_IMAGE", "digitsum:latest")
@@ -146,8 +165,9 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     total, layers, packages = image_size(image)
     built = None if args.no_build_time else build_seconds(os.environ.get("DIGITSUM_BUILD_ARGS", ""))
-    host = make_run_point(body_dir, count, args.seconds)
-    bridge, published, workers = container_points(image, body_dir, count, args.seconds)
+    hosts, bridges, published, workers = speed(image, body_dir, count, args.seconds, args.rounds)
+    host = {key: float(np.median([point[key] for point in hosts])) for key in hosts[0]}
+    bridge_ratio = float(np.median([point["rps"] for point in bridges])) / host["rps"]
     lines = [
         "# The image and the container",
         "",
@@ -172,10 +192,21 @@ def main() -> None:
         "",
         f"## Speed: wrk, {CONNECTIONS} connections, {args.seconds} s after a 3 s warm-up, on the CPU",
         "",
+        f'`make run` and the container at its bridge address alternate, {args.rounds} rounds; "of make run" is'
+        f" against the median of make run's rounds ({host['rps']:,.0f} req/s). **The container's median: "
+        f"{bridge_ratio:.0%} of make run's requests/s.** Last, make run stopped, the container through its"
+        " published port on 127.0.0.1 (docker-proxy copies every byte, on the same cores).",
+        "",
         "| server | req/s | of make run | p50 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|",
-        row(f"`make run` (--workers {makefile_default('WORKERS')})", host, host["rps"]),
-        row(f"container `--cpus=2`, at its bridge address ({workers})", bridge, host["rps"]),
+        *[
+            row(f"`make run` (--workers {makefile_default('WORKERS')}), round {k + 1}", point, host["rps"])
+            for k, point in enumerate(hosts)
+        ],
+        *[
+            row(f"container `--cpus=2` ({workers} workers), bridge address, round {k + 1}", point, host["rps"])
+            for k, point in enumerate(bridges)
+        ],
         row("container `--cpus=2`, at its published port (docker-proxy)", published, host["rps"]),
     ]
     RESULTS.write_text("\n".join(lines) + "\n")

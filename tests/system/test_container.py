@@ -32,9 +32,9 @@ from app.model import DeviceChoice, Model
 from app.preprocess import preprocess
 from tests.support import hostile_inputs as hi
 from tests.support.digits import Sample
-from tests.support.live_server import free_port
+from tests.support.live_server import free_port, until
 from tests.support.service import ROOT, SHIPPED_MODEL, png_bytes
-from tests.system.test_shutdown import until, upload_in_two_halves
+from tests.system.test_shutdown import upload_in_two_halves
 
 pytestmark = pytest.mark.container
 
