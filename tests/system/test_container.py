@@ -155,8 +155,10 @@ def test_healthcheck_reports_healthy(container: Container) -> None:
 
 
 def test_one_worker_per_cpu_of_the_quota(container: Container) -> None:
-    processes = docker("top", container.id, "-o", "pid,args")
-    workers = [line for line in processes.splitlines() if "spawn_main" in line]
+    processes = docker("top", container.id, "-o", "pid,ppid,args")
+    rows = [line.split(None, 2) for line in processes.splitlines()[1:]]
+    launcher = next(pid for pid, _, args in rows if args.startswith("python -m app.serve"))
+    workers = [pid for pid, ppid, args in rows if ppid == launcher and "spawn_main" in args]  # not their decoders
     assert len(workers) == CPUS, processes
 
 
