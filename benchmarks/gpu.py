@@ -11,8 +11,9 @@
    bf16 autocast, CUDA graphs. A variant is worth adopting only if it is faster *and* its digits and sums are
    identical to fp32's on the same 1,000 images; the report says which, and the service's defaults should follow.
 4. The service under wrk (benchmarks/multipart.lua, the same bodies) at 1, 64 and 256 connections, with one worker
-   process owning the GPU and with one worker per CPU core sharing it: which of the two scales the CPU side
-   (HTTP, decoding, preprocessing) is the measurement the README's Deployment section waits for.
+   process owning the GPU and with `--workers auto` (one per CPU of the quota, as the image runs) sharing it:
+   which of the two scales the CPU side (HTTP, decoding, preprocessing) is the measurement the README's Deployment
+   section waits for.
 
 With --dry-run everything runs on the CPU (CUDA graphs are reported as not applicable), on 100 images, with
 1-second wrk points, and the report goes to --out (default: a temporary file), never over results/gpu.md.
@@ -292,7 +293,7 @@ def main() -> None:
     device = torch.device(args.device)
     pixels = np.stack([preprocess(png, MAX_PIXELS) for png in pngs])
     forwards = forward_table(pixels, numbers, device, budget_s=0.2 if args.dry_run else 2.0)
-    points = [p for workers in ("1", str(os.cpu_count() or 1)) for p in load_points(
+    points = [p for workers in ("1", "auto") for p in load_points(
         args.device, workers, body_dir, len(bodies), args)]  # fmt: skip
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     text = report(args, device_name, checks, forwards, points, time.perf_counter() - started)
