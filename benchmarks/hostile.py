@@ -7,7 +7,7 @@
 
 The service runs as `python -m app.serve --workers 2` on a free port of 127.0.0.1 with PROMETHEUS_MULTIPROC_DIR
 set to a temporary folder (the Makefile's `run`), from --root. Each attack runs in turn, bounded in time; for each
-the report gives the HTTP statuses the attacker got, the server's CPU-seconds (all its processes, from /proc,
+the report gives the HTTP statuses the attacker got, the server's CPU-seconds (all its processes, decoder processes included, from /proc,
 over the attack and SETTLE_S after), each worker's peak RSS during the attack and its RSS SETTLE_S after, and the
 p50 / p99 / max of /healthz measured by a separate process (a fresh connection every PROBE_EVERY_S, as a load
 balancer's check does; a failed or timed-out probe counts as PROBE_TIMEOUT_S). Workers that died or were
@@ -68,7 +68,16 @@ class Server:
         return [pid for pid in children(self.process.pid) if b"resource_tracker" not in cmdline(pid)]
 
     def pids(self) -> list[int]:
-        return [self.process.pid, *self.workers()]
+        """Every process of the server: launcher, workers, and theirs (decoder processes and their forkserver)."""
+        return [self.process.pid, *descendants(self.process.pid)]
+
+    def helpers(self) -> list[int]:
+        """The processes under the workers: decoder processes and their forkserver."""
+        return [pid for worker in self.workers() for pid in descendants(worker)]
+
+
+def descendants(pid: int) -> list[int]:
+    return [d for child in children(pid) for d in (child, *descendants(child))]
 
 
 def children(pid: int) -> list[int]:
@@ -92,7 +101,7 @@ def cpu_seconds(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+        total += sum(map(int, fields[11:15]))  # utime, stime, and those of its children that have ended (ticks)
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -238,6 +247,10 @@ def measure(server: Server, name: str, what: str, attack: Callable[[], tuple[Cou
     if server.workers() != workers:
         notes.append(f"workers changed: {workers} -> {server.workers()} (one died or was replaced)")
     peak = [round(max(peaks[pid], rss_mb(pid, "VmHWM")), 1) for pid in workers]
+    if helpers := server.helpers():
+        notes.append(
+            f"decoder processes after: {len(helpers)}, {sum(rss_mb(pid) for pid in helpers):.0f} MB RSS in all"
+        )
     times = sorted(abs(x) for x in latencies) or [float("nan")]
     return Result(
         name, what, dict(statuses), round(cpu, 2), peak, [round(rss_mb(pid), 1) for pid in workers],
