@@ -6,12 +6,12 @@
     python benchmarks/hostile.py --only huge-url --only idle-10k --seconds 10
 
 The service runs as `python -m app.serve --workers 2` on a free port of 127.0.0.1 with PROMETHEUS_MULTIPROC_DIR
-set to a temporary folder (the Makefile's `run`), from --root. Each attack runs in turn, bounded in time; for each
-the report gives the HTTP statuses the attacker got, the server's CPU-seconds (all its processes, decoder processes included, from /proc,
-over the attack and SETTLE_S after), each worker's peak RSS during the attack and its RSS SETTLE_S after, and the
-p50 / p99 / max of /healthz measured by a separate process (a fresh connection every PROBE_EVERY_S, as a load
-balancer's check does; a failed or timed-out probe counts as PROBE_TIMEOUT_S). Workers that died or were
-replaced are reported too.
+set to a temporary folder (the Makefile's `run`), from --root. Each attack runs in turn, bounded in time; for
+each the report gives the HTTP statuses the attacker got, the server's CPU-seconds (all its processes, decoders
+included, from /proc, over the attack and SETTLE_S after), each worker's peak RSS during the attack and its RSS
+SETTLE_S after, and the p50 / p99 / max of /healthz measured by a separate process (a fresh connection every
+PROBE_EVERY_S, as a load balancer's check does; a failed or timed-out probe counts as PROBE_TIMEOUT_S).
+Workers that died or were replaced are reported too.
 
 Results go to benchmarks/results/hostile.json (one entry per --label, kept across runs) and hostile.md (all
 labels, regenerated from the JSON). The machine is shared: the report states the load average.
