@@ -12,8 +12,11 @@ job in a decoder process is bounded by:
   has grown by more than RECYCLE_BYTES exits after answering, so its memory goes back to the system;
 * the request's deadline, and the client: on either, the process is killed (504, or nothing to answer).
 
-A killed or exited process is replaced in the background. Waiting for a decoder counts against the same
-queue bound (503 + Retry-After) and deadline (504) as waiting for the model.
+A killed or exited process is replaced in the background, forked from a small server process that has
+imported numpy, Pillow and this module once (multiprocessing's forkserver): about 10 ms of CPU, where a fresh
+interpreter costs over 100 ms, which a client sending bombs would otherwise make us pay each time.
+Waiting for a decoder counts against the same queue bound (503 + Retry-After) and deadline (504) as waiting
+for the model.
 """
 
 from __future__ import annotations
@@ -34,13 +37,21 @@ import anyio
 import numpy as np
 
 from app.errors import TimedOut, Unavailable
-from app.preprocess import preprocess, to_mnist
-from app.upload import ImageError, ImageTooLarge, NoDigitFound, UnsupportedImage, load, open_checked
+from app.preprocess import to_mnist
+from app.upload import (
+    ImageError,
+    ImageTooLarge,
+    NoDigitFound,
+    UnsupportedImage,
+    decode_pixels,
+    decoding_bytes,
+    open_checked,
+)
 
 log = logging.getLogger("digitsum")
 
 INLINE_MAX_PIXELS = 64 * 64
-INLINE_MAX_BYTES = 4096  # bounds what a crafted small file can cost on the loop (a PNG of zTXt bombs: ~4 ms)
+INLINE_MAX_BYTES = 4096  # bounds what a crafted small file can cost on the loop (zTXt bombs)
 RECYCLE_BYTES = 64 * 1024 * 1024
 PIXELS_BYTES = 28 * 28 * 4  # float32 (28, 28)
 _ERRORS: dict[bytes, type[ImageError]] = {
@@ -53,6 +64,7 @@ class DecodeLimits:
     max_pixels: int
     cpu_s: float
     memory_bytes: int
+    recycle_bytes: int = RECYCLE_BYTES  # a process grown by more exits after answering
 
 
 class Decoder:
@@ -82,7 +94,7 @@ class Decoder:
         """Upload bytes -> (28, 28) float32 in [0, 1]; `deadline` is on the event loop's clock."""
         image = open_checked(data, self.limits.max_pixels)  # the header only: cheap, whatever the file
         if len(data) <= INLINE_MAX_BYTES and image.width * image.height <= INLINE_MAX_PIXELS:
-            return to_mnist(load(image))
+            return to_mnist(decode_pixels(image))
         process = await self._acquire(deadline)
         try:
             timeout_s = deadline - asyncio.get_running_loop().time()
@@ -124,7 +136,6 @@ class Decoder:
         raise UnsupportedImage("The image could not be decoded; send a PNG or JPEG image.")
 
     def _died(self, process: DecoderProcess) -> ImageError:
-        process.process.join(timeout=1)
         if process.process.exitcode == -signal.SIGPROF:
             return ImageTooLarge(
                 f"The image needs more than {self.limits.cpu_s:g} s of CPU to decode; "
@@ -157,7 +168,8 @@ class DecoderProcess:
     """One decoder process and the pipe to it; `round_trip` blocks, so it runs in a thread."""
 
     def __init__(self, limits: DecodeLimits) -> None:
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch, no copied threads
+        context = multiprocessing.get_context("forkserver")  # forks of a small server: no torch, no copied threads
+        context.set_forkserver_preload(["app.decoder"])  # numpy, Pillow and our code imported once, there
         self.conn, child = context.Pipe()
         self.process = context.Process(target=serve, args=(child, limits), name="digitsum-decoder", daemon=True)
         self.process.start()
@@ -172,7 +184,8 @@ class DecoderProcess:
                 self.kill()
                 raise TimedOut("The image could not be decoded in time; retry shortly.")
             return self.conn.recv_bytes()
-        except (EOFError, OSError):
+        except (EOFError, OSError):  # it died: wait here, off the event loop, for its exit status
+            self.process.join(timeout=1)
             return None
 
     def kill(self) -> None:
@@ -200,7 +213,7 @@ def serve(conn: Connection, limits: DecodeLimits) -> None:
         except EOFError:
             return
         reply = _decode(data, limits)
-        recycle = _rss_bytes() - start_rss > RECYCLE_BYTES
+        recycle = _rss_bytes() - start_rss > limits.recycle_bytes
         conn.send_bytes((b"1" if recycle else b"0") + reply)
         if recycle:
             return
@@ -209,7 +222,13 @@ def serve(conn: Connection, limits: DecodeLimits) -> None:
 def _decode(data: bytes, limits: DecodeLimits) -> bytes:
     signal.setitimer(signal.ITIMER_PROF, limits.cpu_s)  # CPU seconds of this process; the signal ends it
     try:
-        return b"K" + preprocess(data, limits.max_pixels).astype(np.float32).tobytes()
+        image = open_checked(data, limits.max_pixels)
+        if (needed := decoding_bytes(image)) > limits.memory_bytes:  # refused before the decoder runs out
+            raise ImageTooLarge(
+                f"The image needs about {needed / 2**20:,.0f} MB to decode, more than the "
+                f"{limits.memory_bytes / 2**20:,.0f} MB an upload may use; send a smaller one."
+            )
+        return b"K" + to_mnist(decode_pixels(image)).astype(np.float32).tobytes()
     except ImageError as exc:
         return b"E" + type(exc).__name__.encode() + b"\0" + str(exc).encode()
     except MemoryError:

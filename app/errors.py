@@ -33,6 +33,10 @@ class BadRequest(ServiceError):
     status = 400
 
 
+class NotFound(ServiceError):
+    status = 404
+
+
 class BodyTooSlow(ServiceError):
     status = 408
     default_headers = {"Connection": "close"}

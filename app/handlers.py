@@ -29,14 +29,20 @@ class FieldHelp:
     kind: str  # what it must be: "number must be <kind>, got '3.5'."
 
 
-def explains_fields(**help: FieldHelp) -> Callable[[Endpoint], Endpoint]:
-    """Attach to a route the sentences that tell a client how to send each of its form fields."""
+def explains_fields(form: str, **help: FieldHelp) -> Callable[[Endpoint], Endpoint]:
+    """Attach to a route the sentences that tell a client how to send its form (`form`) and each of its fields."""
 
     def attach(endpoint: Endpoint) -> Endpoint:
-        endpoint.field_help = help  # type: ignore[attr-defined]
+        endpoint.form_help, endpoint.field_help = form, help  # type: ignore[attr-defined]
         return endpoint
 
     return attach
+
+
+def send_form(request: Request) -> str:
+    """'send multipart/form-data with ...', as the route that got the request explains its form."""
+    endpoint = getattr(request.scope.get("route"), "endpoint", None)
+    return f"send {getattr(endpoint, 'form_help', 'multipart/form-data')}"
 
 
 def error_response(exc: ServiceError) -> JSONResponse:
@@ -54,10 +60,10 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     assert isinstance(exc, RequestValidationError)
     help = getattr(getattr(request.scope.get("route"), "endpoint", None), "field_help", {})
     REJECTED.labels("InvalidField").inc()
-    return JSONResponse({"detail": sentence(exc.errors()[0], help)}, status_code=422)
+    return JSONResponse({"detail": field_error_sentence(exc.errors()[0], help)}, status_code=422)
 
 
-def sentence(error: Mapping[str, Any], help: Mapping[str, FieldHelp]) -> str:
+def field_error_sentence(error: Mapping[str, Any], help: Mapping[str, FieldHelp]) -> str:
     """One error of pydantic's list -> 'number must be an integer from 0 to 9, got "3.5".'"""
     where, name = (list(error.get("loc", ())) + ["", ""])[:2]
     name = str(name)
@@ -84,18 +90,18 @@ def shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-SEND_FORM = "send multipart/form-data with the file field 'image' and the field 'number'"
-# Starlette reports form parsing failures (400) only as text; these are its messages, by how they start.
+# Starlette reports form parsing failures (400) only as text; these are its messages, by how they start, and
+# ours ({send}: how the route explains its form).
 FORM_PARSING_ERRORS = {
     "Missing boundary": "The multipart/form-data Content-Type has no boundary; let your HTTP client write that "
     "header (curl -F, requests' files=...) instead of setting it by hand.",
-    "Too many fields": f"The form has too many fields; {SEND_FORM} only.",
-    "Too many files": f"The form has too many files; {SEND_FORM} only.",
-    "Part exceeded": f"A text field of the form is too large; {SEND_FORM}, a single digit.",
-    "Field exceeded": f"A text field of the form is too large; {SEND_FORM}, a single digit.",
+    "Too many fields": "The form has too many fields; {send} only.",
+    "Too many files": "The form has too many files; {send} only.",
+    "Part exceeded": "A text field of the form is too large; {send}, a single digit.",
+    "Field exceeded": "A text field of the form is too large; {send}, a single digit.",
     "Invalid multipart": "The multipart/form-data body is malformed, or a part's header (e.g. its filename) is over "
-    f"4 KB; {SEND_FORM}.",
-    "There was an error parsing the body": f"The request body could not be read as a form; {SEND_FORM}.",
+    "4 KB; {send}.",
+    "There was an error parsing the body": "The request body could not be read as a form; {send}.",
 }
 
 
@@ -104,7 +110,8 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     detail = exc.detail
     if exc.status_code == 400:
-        detail = next((text for start, text in FORM_PARSING_ERRORS.items() if detail.startswith(start)), detail)
+        text = next((text for start, text in FORM_PARSING_ERRORS.items() if detail.startswith(start)), detail)
+        detail = text.format(send=send_form(request))
     elif exc.status_code == 404:
         detail = f"There is nothing at {shorten(request.url.path)}; the API is described at /docs."
     elif exc.status_code == 405:

@@ -23,6 +23,7 @@ from app.middleware import (
     BodyLimits,
     CancelOnDisconnect,
     HeadAsGet,
+    InternalOnly,
     OneLineStartupFailure,
     RequestContext,
     RequestIdFilter,
@@ -33,6 +34,7 @@ from app.routes import docs, health, info, pages, predict
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("digitsum")
+INTERNAL_PATHS = frozenset({"/metrics", "/model"})  # with DIGITSUM_INTERNAL_PORT, served there alone
 
 
 def load_model(settings: Settings) -> Model:
@@ -66,9 +68,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def freeze_startup_objects() -> None:
-    """Take what startup built (torch, the model, FastAPI: ~200k objects that live until exit) out of the GC's sight.
+    """Take what startup built (torch, the model, FastAPI: objects that live until exit) out of the GC's sight.
 
-    Otherwise every full collection walks them all: a 80-100 ms stall of the event loop every few seconds
+    Otherwise every full collection walks them all: a stall of the event loop every few seconds
     under load, which was the service's p99 at 64 connections (benchmarks/results/serve.md).
     """
     gc.collect()
@@ -124,6 +126,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CancelOnDisconnect)
     if settings.cors_origins:  # closed unless configured
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
+    if settings.internal_port:
+        app.add_middleware(InternalOnly, paths=INTERNAL_PATHS, port=settings.internal_port)
     if settings.allowed_hosts:
         app.add_middleware(AllowedHosts, hosts=settings.allowed_hosts)
     app.add_middleware(RequestContext)

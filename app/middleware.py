@@ -14,7 +14,7 @@ import anyio
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BadRequest, BodyTooLarge, BodyTooSlow, ServiceError
+from app.errors import BadRequest, BodyTooLarge, BodyTooSlow, NotFound, ServiceError
 from app.handlers import error_response
 from app.metrics import IN_FLIGHT, REQUEST_SECONDS
 
@@ -102,6 +102,23 @@ class AllowedHosts:
             if name not in self.hosts and host not in self.hosts:
                 error = BadRequest(f"This service does not answer to the host {host[:80]!r}; use its configured name.")
                 await error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class InternalOnly:
+    """`paths` (/metrics, /model) only for connections to the internal port: scrapers and operators, not clients."""
+
+    def __init__(self, app: ASGIApp, paths: frozenset[str], port: int) -> None:
+        self.app, self.paths, self.port = app, paths, port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            internal = (scope.get("server") or ("", None))[1] == self.port
+            if (scope["path"] in self.paths) != internal:  # internal paths only there, and only they
+                await error_response(NotFound(f"There is nothing at {scope['path'][:80]} on this port."))(
+                    scope, receive, send
+                )
                 return
         await self.app(scope, receive, send)
 

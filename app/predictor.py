@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.batching import BatcherClosed, BatchFailed, BatchTimeout, MicroBatcher, QueueFull, Timed
+from app.batching import BatcherClosed, BatchFailed, BatchTimeout, MicroBatcher, QueueFull, TimedResult
 from app.decoder import DecodeLimits, Decoder
 from app.errors import TimedOut, Unavailable
 from app.metrics import BatchMetrics
@@ -61,7 +61,7 @@ class Predictor:
         """Upload bytes -> (28, 28) float32 in [0, 1] (app/decoder.py says where and within which limits)."""
         return await self.decoder.decode(data, deadline)
 
-    async def predict(self, image: np.ndarray, number: int, deadline: float) -> Timed[Prediction]:
+    async def predict(self, image: np.ndarray, number: int, deadline: float) -> TimedResult[Prediction]:
         timeout_s = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
             return await self.batcher.submit_timed(Job(image, number, request_id.get()), timeout_s=timeout_s)

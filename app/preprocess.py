@@ -23,7 +23,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from app.upload import NoDigitFound, UnsupportedImage, load, open_checked
+from app.upload import NoDigitFound, UnsupportedImage, decode_pixels, open_checked
 
 SIDE = 28  # MNIST field...
 BOX = 20  # ...and the box the digit is fitted into
@@ -45,7 +45,7 @@ THIN_STROKE = 1.8  # ...and its 5th percentile: a ballpoint photo is far thinner
 
 def preprocess(data: bytes, max_pixels: int) -> np.ndarray:
     """Upload bytes -> (28, 28) float32 in [0, 1], white digit on black, centred like MNIST."""
-    return to_mnist(load(open_checked(data, max_pixels)))
+    return to_mnist(decode_pixels(open_checked(data, max_pixels)))
 
 
 def to_mnist(image: Image.Image) -> np.ndarray:

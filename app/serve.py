@@ -38,6 +38,7 @@ from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 
 from app.cgroup import cpu_limit
 from app.errors import StartupError
+from app.http_limits import HeadLimits, limited_protocol, raise_fd_limit
 from app.settings import get_settings
 from app.supervisor import FAILED, READY, Supervisor
 
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = get_settings()  # a bad DIGITSUM_ setting is reported once here, not once per worker
             metrics_dir(cleanup)
             port = claim_port(args.host, args.port)
+            if settings.internal_port:
+                claim_port(args.host, settings.internal_port)
         except StartupError as exc:
             log.error("%s", exc)
             return STARTUP_FAILURE
@@ -165,8 +168,12 @@ def serve(sock: socket.socket, log_config: str | None, parent: int, report: Conn
         log_config=log_config or LOGGING_CONFIG,
         access_log=False,
         timeout_graceful_shutdown=math.ceil(get_settings().drain_timeout_s),  # typed int: whole seconds
+        http=limited_protocol(HeadLimits.from_settings(get_settings(), raise_fd_limit())),  # caps on request heads
     )
-    ReportingServer(config, app, report).run(sockets=[sock])
+    sockets = [sock]
+    if internal_port := get_settings().internal_port:  # /metrics and /model, for scrapers and operators only
+        sockets.append(reuseport_socket(sock.getsockname()[0], internal_port))
+    ReportingServer(config, app, report).run(sockets=sockets)
 
 
 def die_with_parent(parent: int) -> None:

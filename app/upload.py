@@ -1,7 +1,7 @@
 """Upload bytes -> a checked, decoded image: the one way into the service for a client's file.
 
 `open_checked` parses the header only (tens of microseconds, whatever the size) and refuses what is not an
-accepted image, or what would cost too much to decode, before any pixel is decoded; `load` then decodes it.
+accepted image, or what would cost too much to decode, before any pixel is decoded; `decode_pixels` then decodes it.
 app/decoder.py decides where that runs (inline for thumbnails, else in a decoder process with hard limits);
 app/preprocess.py turns the image into what the network saw in training.
 
@@ -13,6 +13,7 @@ MAX_RLE_BMP_PIXELS (Pillow decodes RLE in pure Python: seconds for a few KB).
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -72,8 +73,7 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
 def _check_decoding_cost(image: Image.Image, data: bytes) -> None:
     """Refuse the few features whose decoding cost does not follow from the pixel count."""
     if image.format in ("JPEG", "MPO"):
-        scans = data.count(b"\xff\xda")  # SOS markers: entropy-coded data never holds 0xFF 0xDA (0xFF is stuffed)
-        if scans > MAX_JPEG_SCANS:
+        if (scans := jpeg_scans(data)) > MAX_JPEG_SCANS:
             raise UnsupportedImage(
                 f"The JPEG has {scans:,} progressive scans, more than the {MAX_JPEG_SCANS} accepted; "
                 "save it as a baseline JPEG or a PNG."
@@ -83,7 +83,48 @@ def _check_decoding_cost(image: Image.Image, data: bytes) -> None:
             raise UnsupportedImage("RLE-compressed BMP images over 512x512 pixels are not accepted; send a PNG.")
 
 
-def load(image: Image.Image) -> Image.Image:
+def decoding_bytes(image: Image.Image) -> int:
+    """About the most memory decoding and preprocessing an opened image takes: its pixels, and one working copy.
+
+    A JPEG decodes at a reduced scale (see decode_pixels), so its full size would overstate it many times.
+    """
+    if image.format in ("JPEG", "MPO"):
+        scale = 1  # the DCT scale draft() will pick: a power of two keeping the short side >= JPEG_DRAFT_SIDE
+        while scale < 8 and min(image.size) // (2 * scale) >= JPEG_DRAFT_SIDE:
+            scale *= 2
+        pixels = image.width * image.height // (scale * scale)
+    else:
+        pixels = image.width * image.height
+    return 2 * pixels * _BYTES_PER_PIXEL.get(image.mode, 4)
+
+
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2}  # else 4 (Pillow's)
+
+
+def jpeg_scans(data: bytes) -> int:
+    """Start-of-scan markers in a JPEG, walking its segments (a comment or EXIF thumbnail is skipped whole)."""
+    pos, scans = 2, 0  # after SOI
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == 0xD9:  # end of image
+            break
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # restart markers and TEM carry no length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+            if marker == 0xDA:  # a scan: its entropy-coded data runs to the next marker that is not a restart
+                scans += 1
+                found = _NEXT_MARKER.search(data, pos)
+                pos = found.start() if found else len(data)
+    return scans
+
+
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # in entropy-coded data 0xFF is followed by 0x00 or RSTn
+
+
+def decode_pixels(image: Image.Image) -> Image.Image:
     """Decode an opened image's pixels, upright per its EXIF orientation.
 
     A large JPEG comes back decoded at 1/2..1/8 scale in grey (Pillow's draft): the digit needs far

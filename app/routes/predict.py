@@ -15,7 +15,7 @@ from pydantic import Field
 
 from app.dependencies import PredictorDep, SettingsDep
 from app.errors import InvalidField, NotAForm, ServiceError
-from app.handlers import SEND_FORM, FieldHelp, explains_fields
+from app.handlers import FieldHelp, explains_fields, send_form
 from app.metrics import DECODE_SECONDS
 from app.model import Prediction
 from app.predictor import Predictor
@@ -68,7 +68,7 @@ def form_with(*single: str) -> Depends:  # type: ignore[valid-type]
         content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if content_type not in FORM_TYPES:
             got = f"The body is {content_type}, not a form" if content_type else "The request has no Content-Type"
-            raise NotAForm(f"{got}; {SEND_FORM}.")
+            raise NotAForm(f"{got}; {send_form(request)}.")
         form = await request.form()
         for name in single:
             if (count := len(form.getlist(name))) > 1:
@@ -78,7 +78,7 @@ def form_with(*single: str) -> Depends:  # type: ignore[valid-type]
 
 
 @router.post("/predict", response_model=PredictionOut, responses=ERRORS, dependencies=[form_with("image", "number")])
-@explains_fields(image=IMAGE, number=NUMBER)
+@explains_fields("multipart/form-data with the file field 'image' and the field 'number'", image=IMAGE, number=NUMBER)
 async def predict(
     image: ImageField,
     number: NumberField,
@@ -106,7 +106,7 @@ async def predict(
 @router.post(
     "/predict/batch", response_model=BatchOut, responses=ERRORS, dependencies=[form_with()], tags=["prediction"]
 )
-@explains_fields(images=IMAGES, numbers=NUMBERS)
+@explains_fields("multipart/form-data with file fields 'images' and fields 'numbers'", images=IMAGES, numbers=NUMBERS)
 async def predict_batch(
     images: ImagesField, numbers: NumbersField, predictor: PredictorDep, settings: SettingsDep, response: Response
 ) -> BatchOut:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,14 @@ def test_workers_die_with_the_launcher_even_when_it_is_killed(tmp_path: Path) ->
         server.process.wait(timeout=30)
         until(lambda: not any(alive(pid) for pid in workers), timeout_s=60)
         assert refused(server.port)
+
+
+def test_an_internal_port_serves_metrics_and_the_card_and_the_public_port_does_not(tmp_path: Path) -> None:
+    internal = free_port()
+    env = {"DIGITSUM_INTERNAL_PORT": str(internal)}
+    with live_server(tmp_path / "serve.log", env=env, args=["--workers", "2"], launcher=MAKE_RUN) as server:
+        assert server.get("/metrics")[0] == 404 and server.get("/model")[0] == 404
+        assert server.get("/healthz")[0] == 200
+        for path in ("/metrics", "/model"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{internal}{path}", timeout=10) as response:
+                assert response.status == 200
