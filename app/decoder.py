@@ -12,8 +12,11 @@ job in a decoder process is bounded by:
   has grown by more than RECYCLE_BYTES exits after answering, so its memory goes back to the system;
 * the request's deadline, and the client: on either, the process is killed (504, or nothing to answer).
 
-A killed or exited process is replaced in the background. Waiting for a decoder counts against the same
-queue bound (503 + Retry-After) and deadline (504) as waiting for the model.
+A killed or exited process is replaced in the background, forked from a small server process that has
+imported numpy, Pillow and this module once (multiprocessing's forkserver): about 10 ms of CPU, where a fresh
+interpreter costs over 100 ms, which a client sending bombs would otherwise make us pay each time.
+Waiting for a decoder counts against the same queue bound (503 + Retry-After) and deadline (504) as waiting
+for the model.
 """
 
 from __future__ import annotations
@@ -34,8 +37,16 @@ import anyio
 import numpy as np
 
 from app.errors import TimedOut, Unavailable
-from app.preprocess import preprocess, to_mnist
-from app.upload import ImageError, ImageTooLarge, NoDigitFound, UnsupportedImage, decode_pixels, open_checked
+from app.preprocess import to_mnist
+from app.upload import (
+    ImageError,
+    ImageTooLarge,
+    NoDigitFound,
+    UnsupportedImage,
+    decode_pixels,
+    decoding_bytes,
+    open_checked,
+)
 
 log = logging.getLogger("digitsum")
 
@@ -125,7 +136,6 @@ class Decoder:
         raise UnsupportedImage("The image could not be decoded; send a PNG or JPEG image.")
 
     def _died(self, process: DecoderProcess) -> ImageError:
-        process.process.join(timeout=1)
         if process.process.exitcode == -signal.SIGPROF:
             return ImageTooLarge(
                 f"The image needs more than {self.limits.cpu_s:g} s of CPU to decode; "
@@ -158,7 +168,8 @@ class DecoderProcess:
     """One decoder process and the pipe to it; `round_trip` blocks, so it runs in a thread."""
 
     def __init__(self, limits: DecodeLimits) -> None:
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch, no copied threads
+        context = multiprocessing.get_context("forkserver")  # forks of a small server: no torch, no copied threads
+        context.set_forkserver_preload(["app.decoder"])  # numpy, Pillow and our code imported once, there
         self.conn, child = context.Pipe()
         self.process = context.Process(target=serve, args=(child, limits), name="digitsum-decoder", daemon=True)
         self.process.start()
@@ -173,7 +184,8 @@ class DecoderProcess:
                 self.kill()
                 raise TimedOut("The image could not be decoded in time; retry shortly.")
             return self.conn.recv_bytes()
-        except (EOFError, OSError):
+        except (EOFError, OSError):  # it died: wait here, off the event loop, for its exit status
+            self.process.join(timeout=1)
             return None
 
     def kill(self) -> None:
@@ -210,7 +222,13 @@ def serve(conn: Connection, limits: DecodeLimits) -> None:
 def _decode(data: bytes, limits: DecodeLimits) -> bytes:
     signal.setitimer(signal.ITIMER_PROF, limits.cpu_s)  # CPU seconds of this process; the signal ends it
     try:
-        return b"K" + preprocess(data, limits.max_pixels).astype(np.float32).tobytes()
+        image = open_checked(data, limits.max_pixels)
+        if (needed := decoding_bytes(image)) > limits.memory_bytes:  # refused before the decoder runs out
+            raise ImageTooLarge(
+                f"The image needs about {needed / 2**20:,.0f} MB to decode, more than the "
+                f"{limits.memory_bytes / 2**20:,.0f} MB an upload may use; send a smaller one."
+            )
+        return b"K" + to_mnist(decode_pixels(image)).astype(np.float32).tobytes()
     except ImageError as exc:
         return b"E" + type(exc).__name__.encode() + b"\0" + str(exc).encode()
     except MemoryError:

@@ -59,7 +59,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     predictor = app.state.predictor = Predictor(model, settings)
     freeze_startup_objects()
     await predictor.start()
-    warm_up = asyncio.create_task(predictor.warm_up_and_self_test())
+    # app.serve's workers wait for it before they listen; a lone uvicorn serves meanwhile (/readyz: 503)
+    warm_up = app.state.warm_up = asyncio.create_task(predictor.warm_up_and_self_test())
     yield
     warm_up.cancel()
     await predictor.stop()

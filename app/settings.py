@@ -26,12 +26,20 @@ class Settings(BaseSettings):
     max_queue: int = Field(1024, ge=1, description="requests waiting for the model before 503")
     request_timeout_s: float = Field(10.0, gt=0, description="longest a request may wait for the model")
     upload_timeout_s: float = Field(30.0, gt=0, description="longest a client may take to send its body (else 408)")
+    # the request head (app/http_limits.py): refused at once with 414 / 431 / 408, at a cost linear in what arrived
+    max_url_bytes: int = Field(8192, ge=256, description="longest request target (path + query) before 414")
+    max_header_bytes: int = Field(65536, ge=1024, description="total size of the request headers before 431")
+    max_headers: int = Field(100, ge=8, description="most header lines in one request before 431")
+    header_timeout_s: float = Field(10.0, gt=0, description="longest a connection may take to send a request head")
+    max_connections: int = Field(
+        4096, ge=16, description="open connections per worker; past it the longest-idle one is closed, else 503"
+    )
     drain_timeout_s: float = Field(20.0, gt=0, description="on SIGTERM, longest to finish in-flight requests")
     # 1: torch's default (a thread per core) spins on cores the event loop, decoding and the other workers need;
     # (benchmarks/results/serve.md measures what it costs)
     torch_threads: int = Field(1, ge=0, description="intra-op threads per worker process; 0: torch's default")
     decode_processes: int = Field(2, ge=1, le=64, description="decoder processes per worker, for all but thumbnails")
-    decode_cpu_s: float = Field(1.0, gt=0, le=60, description="CPU seconds one upload's decoding may take (else 413)")
+    decode_cpu_s: float = Field(0.8, gt=0, le=60, description="CPU seconds one upload's decoding may take (else 413)")
     decode_memory_mb: int = Field(300, ge=64, description="memory one upload's decoding may add (else 413)")
     low_confidence: float = Field(0.6, ge=0, le=1, description="digit confidence under which low_confidence is true")
     cors_origins: list[str] = Field([], description='allowed browser origins, JSON list, e.g. ["https://x.org"]')

@@ -83,6 +83,24 @@ def _check_decoding_cost(image: Image.Image, data: bytes) -> None:
             raise UnsupportedImage("RLE-compressed BMP images over 512x512 pixels are not accepted; send a PNG.")
 
 
+def decoding_bytes(image: Image.Image) -> int:
+    """About the most memory decoding and preprocessing an opened image takes: its pixels, and one working copy.
+
+    A JPEG decodes at a reduced scale (see decode_pixels), so its full size would overstate it many times.
+    """
+    if image.format in ("JPEG", "MPO"):
+        scale = 1  # the DCT scale draft() will pick: a power of two keeping the short side >= JPEG_DRAFT_SIDE
+        while scale < 8 and min(image.size) // (2 * scale) >= JPEG_DRAFT_SIDE:
+            scale *= 2
+        pixels = image.width * image.height // (scale * scale)
+    else:
+        pixels = image.width * image.height
+    return 2 * pixels * _BYTES_PER_PIXEL.get(image.mode, 4)
+
+
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2}  # else 4 (Pillow's)
+
+
 def jpeg_scans(data: bytes) -> int:
     """Start-of-scan markers in a JPEG, walking its segments (a comment or EXIF thumbnail is skipped whole)."""
     pos, scans = 2, 0  # after SOI

@@ -85,12 +85,23 @@ async def test_a_decode_over_its_cpu_time_is_413_and_the_next_upload_is_served(s
         await decoder.stop()
 
 
-async def test_a_decode_over_its_memory_is_413(sample: Sample) -> None:
+async def test_an_image_too_big_to_decode_in_the_memory_budget_is_413_before_decoding(sample: Sample) -> None:
     decoder = await started(DecodeLimits(40_000_000, cpu_s=30.0, memory_bytes=64 * MB))
     try:
-        # 8,000 x 5,000 16-bit pixels: 40 MP, 80 MB as decoded, 160 MB as Pillow's 32-bit "I" image
-        with pytest.raises(ImageTooLarge, match="more memory to decode"):
+        # 8,000 x 5,000 16-bit pixels: 80 MB as decoded, and a working copy
+        with pytest.raises(ImageTooLarge, match=r"needs about 153 MB to decode, more than the 64 MB an upload may use"):
             await decoder.decode(hi.png_bomb(8000, 5000, bit_depth=16), deadline())
+        assert (await decoder.decode(photo(sample.test.images[1]), deadline())).shape == (28, 28)
+    finally:
+        await decoder.stop()
+
+
+async def test_a_decode_that_outgrows_its_memory_anyway_is_413(sample: Sample) -> None:
+    # 6,000 x 6,000 float pixels: 275 MB by the estimate, under the budget; preprocessing's copies are not
+    decoder = await started(DecodeLimits(40_000_000, cpu_s=30.0, memory_bytes=300 * MB))
+    try:
+        with pytest.raises(ImageTooLarge, match="needs more memory to decode than an upload may use"):
+            await decoder.decode(hi.float_tiff(), deadline())
         assert (await decoder.decode(photo(sample.test.images[1]), deadline())).shape == (28, 28)
     finally:
         await decoder.stop()
