@@ -1,6 +1,6 @@
 """(e) the framework floor for benchmarks/serve.py: the service's stack answering a constant.
 
-    python benchmarks/floor_server.py --port 8003 --workers 2
+    python benchmarks/floor_server.py --port 8003 --workers auto
 
 FastAPI + uvicorn in the same process layout as `make run` (app/serve.py: N processes, each with its own
 SO_REUSEPORT socket), the same multipart form (`image` file + `number` field, parsed by FastAPI), and a
@@ -21,6 +21,8 @@ import uvicorn
 from fastapi import FastAPI, Form, UploadFile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from app.cgroup import cpu_limit  # noqa: E402  # what `make run`'s --workers auto counts
 
 app = FastAPI(title="DigitSum floor: the framework alone")
 ANSWER = {"digit": 7, "sum": 7, "number": 0, "digit_confidence": 1.0, "sum_confidence": 1.0,
@@ -52,10 +54,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8003)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", default="auto", help="a number, or auto: as many as `make run` starts")
     args = parser.parse_args()
+    count = cpu_limit()[0] if args.workers == "auto" else int(args.workers)
     spawn = multiprocessing.get_context("spawn")
-    workers = [spawn.Process(target=serve, args=(args.host, args.port)) for _ in range(args.workers)]
+    workers = [spawn.Process(target=serve, args=(args.host, args.port)) for _ in range(count)]
     for worker in workers:
         worker.start()
 
