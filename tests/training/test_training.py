@@ -67,7 +67,9 @@ def test_augmentation_keeps_shape_range_and_is_seeded() -> None:
 
 
 def dry_run(out: Path, *extra: str) -> dict[str, object]:
-    return main(["--dry-run", "--out", str(out), "--device", "cpu", *extra])
+    """A dry run with every optional stage on: round-brush re-drawing and calibration on held-out images."""
+    flags = ["--drawn-share", "0.5", "--holdout-per-digit", "5"]
+    return main(["--dry-run", "--out", str(out), "--device", "cpu", *flags, *extra])
 
 
 @pytest.fixture(scope="module")
