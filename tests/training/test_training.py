@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.support.digits import load_sample as load_for_service_tests
 from training import data as digit_data
 from training.augment import augment, brush_render
 from training.calibrate import expected_calibration_error, fit_temperature
@@ -28,6 +29,14 @@ def test_sample_split_is_400_then_100_rows_per_digit_in_file_order(sample: digit
         of_digit = rows[rows[:, 784] == digit, :784].reshape(-1, 28, 28)
         assert np.array_equal(sample.train.images[sample.train.labels == digit].numpy(), of_digit[:400])
         assert np.array_equal(sample.test.images[sample.test.labels == digit].numpy(), of_digit[400:])
+
+
+def test_the_service_tests_see_the_same_split(sample: digit_data.DigitData) -> None:
+    """tests/support/digits.py reads the sample without importing training; it must split it identically."""
+    theirs = load_for_service_tests()
+    for ours, other in ((sample.train, theirs.train), (sample.test, theirs.test)):
+        assert np.array_equal(ours.images.numpy(), other.images)
+        assert np.array_equal(ours.labels.numpy(), other.labels)
 
 
 def test_pairs_carry_image_number_digit_and_sum() -> None:
