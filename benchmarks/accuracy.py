@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from app.model import DeviceChoice, Model
-from app.preprocess import ImageError, preprocess
+from app.preprocess import preprocess
 from app.settings import DEFAULT_MODEL
+from app.upload import ImageError
 from tests.support.digits import load_sample
 from tests.support.service import ROOT, png_bytes
 from tests.support.uploads import user_style_uploads
