@@ -143,7 +143,7 @@ def main() -> None:
         "user-style uploads of the test split": score(
             model, np.stack([preprocess(u[0], MAX_PIXELS) for u in uploads]), test.labels, threshold
         ),
-        "drawn on the page (held-out training strokes)": score(model, drawn_pixels, drawn_labels, threshold),
+        "drawn on the page (strokes of 400 training images)": score(model, drawn_pixels, drawn_labels, threshold),
     }
     result = {
         "model": args.model.name,
@@ -176,7 +176,7 @@ def report(r: dict) -> str:  # type: ignore[type-arg]
             f"| {s['heads_disagree']} | {s['ece_uncalibrated']:.4f} | {s['ece']:.4f} | {pct(s['flagged_errors'])} "
             f"| {pct(s['flagged_right'])} |"
         )
-    drawn = r["sets"]["drawn on the page (held-out training strokes)"]
+    drawn = r["sets"]["drawn on the page (strokes of 400 training images)"]
     lines += [
         "",
         "Drawn digits, accuracy per digit: " + ", ".join(f"{d}: {pct(v)}" for d, v in drawn["per_digit"].items()),
