@@ -19,6 +19,7 @@ log = logging.getLogger("digitsum")
 
 METADATA_FILE = "metadata.json"  # extra file inside the TorchScript archive (training/export.py)
 SUPPORTED_FORMAT = 1
+UNCALIBRATED_THRESHOLD = 0.6  # low-confidence threshold for a card without a calibration section
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,24 @@ class DeviceChoice:
 @dataclass(frozen=True)
 class Prediction:
     digit: int
-    sum: int
+    sum: int  # always digit + number: the joint decision cannot contradict itself
     digit_probabilities: list[float]  # 10 floats
     sum_probabilities: list[float]  # 19 floats
+    heads_agree: bool  # the digit head's and the sum head's own argmaxes both name this answer
+
+
+def decide(digit_p: np.ndarray, sum_p: np.ndarray, number: int) -> tuple[int, bool]:
+    """One answer from both heads: the digit d maximising P_digit(d) * P_sum(d + number).
+
+    Taking each head's argmax on its own answered "7 + 3 = 5" when the digit distribution was split
+    between 2 and 7 (benchmarks/results/consistency.md): the sum head's linear map of a mixture can
+    favour the other digit's sum. Scoring the ten (digit, digit + number) pairs jointly keeps both
+    outputs the network's and makes the arithmetic right by construction; `heads_agree` says whether
+    each head alone would have said the same, so a caller can show doubt when they split.
+    """
+    joint = np.log(digit_p + 1e-30) + np.log(sum_p[number : number + 10] + 1e-30)
+    digit = int(joint.argmax())
+    return digit, int(digit_p.argmax()) == digit and int(sum_p.argmax()) == digit + number
 
 
 def choose_device(requested: str) -> DeviceChoice:
@@ -98,6 +114,9 @@ class Model:
                 f"Checkpoint {path} has format {self.metadata.get('format_version')}, "
                 f"this service reads {SUPPORTED_FORMAT}; retrain with `make train`."
             )
+        calibration = self.metadata.get("calibration") or {}
+        # chosen on training images held out of training (training/calibrate.py), never on the test split
+        self.low_confidence_threshold = float(calibration.get("low_confidence_threshold", UNCALIBRATED_THRESHOLD))
         self.module.eval()
         if self.device.type == "cpu":  # oneDNN's NHWC convolutions: faster, same outputs (serve.md)
             self.module.to(memory_format=torch.channels_last)
@@ -118,10 +137,11 @@ class Model:
         if self.device.type != "cpu":
             digit_lp, sum_lp = digit_lp.cpu(), sum_lp.cpu()
         digit_p, sum_p = np.exp(digit_lp.numpy()), np.exp(sum_lp.numpy())  # (B, 10), (B, 19)
-        return [
-            Prediction(int(d.argmax()), int(s.argmax()), d.tolist(), s.tolist())
-            for d, s in zip(digit_p, sum_p, strict=True)
-        ]
+        answers = []
+        for d, s, n in zip(digit_p, sum_p, numbers, strict=True):
+            digit, agree = decide(d, s, n)
+            answers.append(Prediction(digit, digit + n, d.tolist(), s.tolist(), agree))
+        return answers
 
     def describe(self) -> dict[str, Any]:
         """The card for GET /model."""

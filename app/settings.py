@@ -41,7 +41,13 @@ class Settings(BaseSettings):
     decode_processes: int = Field(2, ge=1, le=64, description="decoder processes per worker, for all but thumbnails")
     decode_cpu_s: float = Field(0.8, gt=0, le=60, description="CPU seconds one upload's decoding may take (else 413)")
     decode_memory_mb: int = Field(300, ge=64, description="memory one upload's decoding may add (else 413)")
-    low_confidence: float = Field(0.6, ge=0, le=1, description="digit confidence under which low_confidence is true")
+    low_confidence: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="digit confidence under which low_confidence is true; unset: the threshold calibrated "
+        "into the model card (0.6 for a card without one)",
+    )
     cors_origins: list[str] = Field([], description='allowed browser origins, JSON list, e.g. ["https://x.org"]')
     allowed_hosts: list[str] = Field(
         [], description='Host header values to answer (JSON list, e.g. ["digitsum.example.org"]); empty: any'

@@ -22,6 +22,10 @@ class TrainConfig:
     weight_decay: float = 5e-4  # AdamW decoupled decay; mild regularisation for a 4k-image data set
     label_smoothing: float = 0.05  # keeps digit confidences calibrated for the service's thresholds
     width: int = 24  # channels of the first conv block; 24 keeps >= 99% while staying fast on CPU
+    # The two below are off by default: on the sample they cost test accuracy (README, benchmarks/results/recipes.md).
+    drawn_share: float = 0.0  # share of each batch re-drawn with the draw page's round brush (augment.brush_render)
+    holdout_per_digit: int = 0  # training images per digit kept out of training to calibrate on (0: no calibration)
+    threads: int = 2  # intra-op threads; fixed, because the thread count changes float summation order
     seed: int = 0  # seeds weights, batch order, integer draws and augmentation
     device: Device = "auto"  # auto: CUDA when available
     out: Path = Path("models/digitsum.pt")  # checkpoint; card, history and plots go beside it
@@ -39,6 +43,9 @@ class TrainConfig:
         parser.add_argument("--sum-head-lr", type=float, default=defaults.sum_head_lr)
         parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
         parser.add_argument("--width", type=int, default=defaults.width)
+        parser.add_argument("--drawn-share", type=float, default=defaults.drawn_share)
+        parser.add_argument("--holdout-per-digit", type=int, default=defaults.holdout_per_digit)
+        parser.add_argument("--threads", type=int, default=defaults.threads)
         parser.add_argument("--seed", type=int, default=defaults.seed)
         parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults.device)
         parser.add_argument("--out", type=Path, default=defaults.out)

@@ -18,16 +18,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training import data as digit_data
-from training.augment import augment
+from training.augment import augment, brush_render
+from training.calibrate import calibrate, expected_calibration_error, flag_rates
 from training.config import TrainConfig
 from training.data import PairedDigits
 from training.export import FORMAT_VERSION, cpu_latency_ms, export_torchscript, git_commit, now_utc
 from training.model import MNIST_MEAN, MNIST_STD, DigitSumNet, parameter_count
 from training.plots import plot_confusion, plot_curves
+from training.strokes import stroke_maps
 
 log = logging.getLogger("training")
 
 DRY_RUN_IMAGES = 512  # --dry-run trains and evaluates on this many images
+DRY_RUN_HOLDOUT_PER_DIGIT = 5
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -60,13 +63,17 @@ def train_epoch(
     device: torch.device,
     generator: torch.Generator,
     epoch: int,
+    strokes: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     model.train()
     pairs.draw(epoch)
     totals = np.zeros(5)  # digit loss, sum loss, digit correct, sum correct, count
-    steps = -(-len(pairs) // config.batch_size)
-    bar = tqdm(pairs.batches(config.batch_size, device, generator), total=steps, desc=f"epoch {epoch}/{config.epochs}")
-    for images, numbers, digits, sums in bar:
+    batches = pairs.index_batches(config.batch_size, generator)
+    bar = tqdm(batches, total=len(batches), desc=f"epoch {epoch}/{config.epochs}")
+    for index in bar:
+        images, numbers, digits, sums = pairs.take(index, device)
+        if strokes is not None:
+            images = redraw_some(images, index, strokes, config.drawn_share, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             digit_loss, sum_loss, digit_lp, sum_lp = losses(
                 model, augment(images, generator), numbers, digits, sums, config.label_smoothing
@@ -92,20 +99,38 @@ def train_epoch(
     }
 
 
+def redraw_some(
+    images: torch.Tensor,
+    index: torch.Tensor,
+    strokes: tuple[torch.Tensor, torch.Tensor],
+    share: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Replace a random `share` of the batch with its digits re-drawn by the page's round brush."""
+    dist, long_side = strokes
+    chosen = torch.rand(len(index), generator=generator) < share
+    redrawn = brush_render(dist[index].to(images.device), long_side[index].to(images.device), generator)
+    return torch.where(chosen.to(images.device).view(-1, 1, 1, 1), redrawn, images)
+
+
 @torch.inference_mode()
 def evaluate(model: DigitSumNet, pairs: PairedDigits, device: torch.device) -> dict[str, Any]:
     """Losses and accuracies of both heads, plus the digit predictions for a confusion matrix."""
     model.eval()
     digit_loss = sum_loss = 0.0
-    digit_preds, sum_preds = [], []
+    digit_preds, sum_preds, confidences = [], [], []
     for images, numbers, digits, sums in pairs.batches(1000, device):
         d_loss, s_loss, digit_lp, sum_lp = losses(model, images, numbers, digits, sums)
         digit_loss += d_loss.item() * len(digits)
         sum_loss += s_loss.item() * len(digits)
         digit_preds.append(digit_lp.argmax(1).cpu())
         sum_preds.append(sum_lp.argmax(1).cpu())
+        confidences.append(digit_lp.max(1).values.exp().float().cpu())
     digit_pred, sum_pred = torch.cat(digit_preds), torch.cat(sum_preds)
+    confidence, correct = torch.cat(confidences).numpy(), (digit_pred == pairs.digits).numpy()
     return {
+        "test_digit_ece": expected_calibration_error(confidence, correct),
+        "confidence": confidence,
         "test_digit_loss": digit_loss / len(pairs),
         "test_sum_loss": sum_loss / len(pairs),
         "test_digit_acc": (digit_pred == pairs.digits).float().mean().item(),
@@ -148,7 +173,10 @@ def build_metadata(
             "images": "float32 (N,1,28,28) in [0,1], white digit on black, not normalised",
             "numbers": "int64 (N,) in 0..9",
         },
-        "outputs": {"digit_log_probs": "(N,10)", "sum_log_probs": "(N,19), sums 0..18"},
+        "outputs": {
+            "digit_log_probs": "(N,10), divided by digit_temperature before the softmax",
+            "sum_log_probs": "(N,19), sums 0..18, divided by sum_temperature before the softmax",
+        },
         "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD, "applied": "inside the module"},
         "dataset": {
             "name": data.name,
@@ -200,15 +228,16 @@ def fit(
 ) -> tuple[DigitSumNet, list[dict[str, Any]]]:
     """Train for config.epochs; returns the weights to export and the per-epoch history."""
     train_pairs = PairedDigits(data.train, seed=config.seed)
+    strokes = stroke_maps(data.train.images) if config.drawn_share > 0 else None
     curve_pairs = PairedDigits(data.test, seed=config.seed + 1)  # one integer per test image, for the curves
     optimizer, scheduler = make_optimizer(model, config, config.epochs * -(-len(train_pairs) // config.batch_size))
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        stats = train_epoch(model, train_pairs, optimizer, scheduler, config, device, generator, epoch)
+        stats = train_epoch(model, train_pairs, optimizer, scheduler, config, device, generator, epoch, strokes)
         curve = evaluate(model, curve_pairs, device)
-        stats.update({k: v for k, v in curve.items() if k != "digit_pred"})
+        stats.update({k: v for k, v in curve.items() if k not in ("digit_pred", "confidence")})
         history.append({"epoch": epoch, "seconds": round(time.perf_counter() - start, 2), **stats})
         log.info(
             "epoch %d: test digit %.2f%%, sum %.2f%%", epoch, 100 * curve["test_digit_acc"], 100 * curve["test_sum_acc"]
@@ -230,10 +259,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = TrainConfig.from_args(argv)
     device = resolve_device(config.device)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     data = digit_data.load(config.dataset, config.data_dir)
     if config.dry_run:
         data, config.epochs = digit_data.subset(data, DRY_RUN_IMAGES), 1
+        config.holdout_per_digit = min(config.holdout_per_digit, DRY_RUN_HOLDOUT_PER_DIGIT)
+    train, held = digit_data.hold_out(data.train, config.holdout_per_digit)
+    if config.holdout_per_digit:
+        split = f"{data.split}; the last {config.holdout_per_digit} training images of each digit held out to calibrate"
+        data = digit_data.DigitData(data.name, split, train, data.test)
     log.info(
         "training on %s: %d train / %d test images, device %s",
         data.name,
@@ -244,9 +280,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     start = time.perf_counter()
     model, history = fit(DigitSumNet(config.width).to(device), data, config, device)
+    # no held-out images, no calibration: temperatures stay 1 and the service uses its uncalibrated threshold
+    calibration = calibrate(model, held, config.seed, device) if len(held.labels) else None
     seconds = time.perf_counter() - start
-    final = evaluate(model, PairedDigits(data.test, exhaustive=True), device)
+    test_pairs = PairedDigits(data.test, exhaustive=True)
+    final = evaluate(model, test_pairs, device)
     metadata = build_metadata(config, data, model, final, seconds, len(history), device)
+    metadata["metrics"]["digit_ece"] = round(final["test_digit_ece"], 5)
+    if calibration is not None:
+        correct = (final["digit_pred"] == test_pairs.digits).numpy()
+        calibration["test_flags"] = flag_rates(final["confidence"], correct, calibration["low_confidence_threshold"])
+        metadata["calibration"] = calibration
     card = export_torchscript(model, config.out, metadata)
     write_reports(config.out, history, data, final)
     log.info(

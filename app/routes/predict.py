@@ -20,6 +20,7 @@ from app.metrics import DECODE_SECONDS
 from app.model import Prediction
 from app.predictor import Predictor
 from app.schemas import BatchItemOut, BatchOut, ErrorOut, PredictionOut
+from app.settings import Settings
 
 router = APIRouter(tags=["prediction"])
 
@@ -100,7 +101,12 @@ async def predict(
         f"decode;dur={(decoded - start) * 1000:.2f}, queue;dur={timed.queue_s * 1000:.2f}, "
         f"inference;dur={timed.inference_s * 1000:.2f}"
     )
-    return encode(timed.value, number, settings.low_confidence, pixels if debug else None)
+    return encode(timed.value, number, low_confidence_threshold(settings, predictor), pixels if debug else None)
+
+
+def low_confidence_threshold(settings: Settings, predictor: Predictor) -> float:
+    """DIGITSUM_LOW_CONFIDENCE when set, else the threshold calibrated into the model's card."""
+    return predictor.model.low_confidence_threshold if settings.low_confidence is None else settings.low_confidence
 
 
 @router.post(
@@ -125,9 +131,10 @@ async def predict_batch(
         *(one_item(predictor, data, number, deadline) for data, number in zip(uploads, numbers, strict=True))
     )
     response.headers[MODEL_HEADER] = predictor.model.sha256[:12]
+    threshold = low_confidence_threshold(settings, predictor)
     return BatchOut(
         results=[
-            BatchItemOut(index=i, status=200, prediction=encode(result, number, settings.low_confidence, None))
+            BatchItemOut(index=i, status=200, prediction=encode(result, number, threshold, None))
             if isinstance(result, Prediction)
             else BatchItemOut(index=i, status=result.status_code, detail=result.detail)
             for i, (result, number) in enumerate(zip(results, numbers, strict=True))
@@ -151,7 +158,8 @@ def encode(result: Prediction, number: int, low_confidence: float, pixels: np.nd
         number=number,
         digit_confidence=round(digit_confidence, 6),
         sum_confidence=round(result.sum_probabilities[result.sum], 6),
-        low_confidence=digit_confidence < low_confidence,
+        heads_agree=result.heads_agree,
+        low_confidence=digit_confidence < low_confidence or not result.heads_agree,
         digit_probabilities=[round(p, 6) for p in result.digit_probabilities],
         input_image=None if pixels is None else png_data_url(pixels),
     )
