@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
+from app.decoder import INLINE_MAX_BYTES
 from app.errors import ServiceError, StartupError
 from app.handlers import http_error_handler, service_error_handler, validation_error_handler
 from app.metrics import MODEL_INFO, forget_this_process
@@ -123,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: ids, metrics and security headers see every answer, the body caps every read.
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, max_seconds=settings.upload_timeout_s)
-    app.add_middleware(CancelOnDisconnect)
+    app.add_middleware(CancelOnDisconnect, min_bytes=INLINE_MAX_BYTES + 1024)  # a thumbnail and its form: not watched
     if settings.cors_origins:  # closed unless configured
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
     if settings.internal_port:

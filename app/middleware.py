@@ -143,13 +143,17 @@ class HeadAsGet:
 
 
 class CancelOnDisconnect:
-    """Once the body has arrived, a client that hangs up cancels its request: no decode or forward for no one."""
+    """Once the body has arrived, a client that hangs up cancels its request: no decode or forward for no one.
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    Only for bodies over `min_bytes` (or of unknown length): a thumbnail's request is done in about a millisecond,
+    less than watching for the client costs, while a photo's decode is worth stopping.
+    """
+
+    def __init__(self, app: ASGIApp, min_bytes: int) -> None:
+        self.app, self.min_bytes = app, min_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST" or self.small(scope):
             await self.app(scope, receive, send)
             return
         body_read = anyio.Event()
@@ -178,6 +182,10 @@ class CancelOnDisconnect:
             group.start_soon(watch)
             await self.app(scope, tracking_receive, tracking_send)
             group.cancel_scope.cancel()
+
+    def small(self, scope: Scope) -> bool:
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        return length.isdigit() and int(length) <= self.min_bytes
 
 
 class BodyLimits:

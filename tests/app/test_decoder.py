@@ -202,7 +202,8 @@ async def test_a_client_that_hangs_up_after_sending_cancels_its_request() -> Non
     async def send(message: dict) -> None:
         raise AssertionError("nothing is sent to a client that has gone")
 
-    await asyncio.wait_for(CancelOnDisconnect(slow_app)({"type": "http", "method": "POST"}, receive, send), 10)
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"9000")]}
+    await asyncio.wait_for(CancelOnDisconnect(slow_app, min_bytes=5120)(scope, receive, send), 10)
     assert cancelled.is_set()
 
 
