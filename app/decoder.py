@@ -95,6 +95,11 @@ class Decoder:
         image = open_checked(data, self.limits.max_pixels)  # the header only: cheap, whatever the file
         if len(data) <= INLINE_MAX_BYTES and image.width * image.height <= INLINE_MAX_PIXELS:
             return to_mnist(decode_pixels(image))
+        if (needed := decoding_bytes(image)) > self.limits.memory_bytes:  # refused before any decoder runs out
+            raise ImageTooLarge(
+                f"The image needs about {needed / 2**20:,.0f} MB to decode, more than the "
+                f"{self.limits.memory_bytes / 2**20:,.0f} MB an upload may use; send a smaller one."
+            )
         process = await self._acquire(deadline)
         try:
             timeout_s = deadline - asyncio.get_running_loop().time()
@@ -223,11 +228,6 @@ def _decode(data: bytes, limits: DecodeLimits) -> bytes:
     signal.setitimer(signal.ITIMER_PROF, limits.cpu_s)  # CPU seconds of this process; the signal ends it
     try:
         image = open_checked(data, limits.max_pixels)
-        if (needed := decoding_bytes(image)) > limits.memory_bytes:  # refused before the decoder runs out
-            raise ImageTooLarge(
-                f"The image needs about {needed / 2**20:,.0f} MB to decode, more than the "
-                f"{limits.memory_bytes / 2**20:,.0f} MB an upload may use; send a smaller one."
-            )
         return b"K" + to_mnist(decode_pixels(image)).astype(np.float32).tobytes()
     except ImageError as exc:
         return b"E" + type(exc).__name__.encode() + b"\0" + str(exc).encode()

@@ -233,6 +233,12 @@ BAD += [
         phrase("progressive scans, more than the 64 accepted"),
     ),
     Bad("RLE8 BMP of 4096x4096 in 1 KB", lambda d: upload(hi.rle_bmp(4096, 4096)), 415, phrase("RLE-compressed BMP")),
+    Bad(
+        "40 MP lossless WebP in 38 bytes",
+        lambda d: upload(hi.webp_lossless(), filename="d.webp", content_type="image/webp"),
+        413,
+        "The image needs about 305 MB to decode, more than the 300 MB an upload may use; send a smaller one.",
+    ),
 ]
 
 
