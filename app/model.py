@@ -30,9 +30,24 @@ class DeviceChoice:
 @dataclass(frozen=True)
 class Prediction:
     digit: int
-    sum: int
+    sum: int  # always digit + number: the joint decision cannot contradict itself
     digit_probabilities: list[float]  # 10 floats
     sum_probabilities: list[float]  # 19 floats
+    heads_agree: bool  # the digit head's and the sum head's own argmaxes both name this answer
+
+
+def decide(digit_p: np.ndarray, sum_p: np.ndarray, number: int) -> tuple[int, bool]:
+    """One answer from both heads: the digit d maximising P_digit(d) * P_sum(d + number).
+
+    Taking each head's argmax on its own answered "7 + 3 = 5" when the digit distribution was split
+    between 2 and 7 (benchmarks/results/consistency.md): the sum head's linear map of a mixture can
+    favour the other digit's sum. Scoring the ten (digit, digit + number) pairs jointly keeps both
+    outputs the network's and makes the arithmetic right by construction; `heads_agree` says whether
+    each head alone would have said the same, so a caller can show doubt when they split.
+    """
+    joint = np.log(digit_p + 1e-30) + np.log(sum_p[number : number + 10] + 1e-30)
+    digit = int(joint.argmax())
+    return digit, int(digit_p.argmax()) == digit and int(sum_p.argmax()) == digit + number
 
 
 def choose_device(requested: str) -> DeviceChoice:
@@ -113,10 +128,11 @@ class Model:
         if self.device.device.type != "cpu":
             digit_lp, sum_lp = digit_lp.cpu(), sum_lp.cpu()
         digit_p, sum_p = np.exp(digit_lp.numpy()), np.exp(sum_lp.numpy())  # (B, 10), (B, 19)
-        return [
-            Prediction(int(d.argmax()), int(s.argmax()), d.tolist(), s.tolist())
-            for d, s in zip(digit_p, sum_p, strict=True)
-        ]
+        answers = []
+        for d, s, n in zip(digit_p, sum_p, numbers, strict=True):
+            digit, agree = decide(d, s, n)
+            answers.append(Prediction(digit, digit + n, d.tolist(), s.tolist(), agree))
+        return answers
 
     def describe(self) -> dict[str, Any]:
         """The card for GET /model."""

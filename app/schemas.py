@@ -9,12 +9,18 @@ from pydantic import BaseModel, Field
 
 class PredictionOut(BaseModel):
     digit: int = Field(ge=0, le=9, description="the digit the network recognised", examples=[7])
-    sum: int = Field(ge=0, le=18, description="the network's sum of the digit and the number", examples=[10])
+    sum: int = Field(
+        ge=0, le=18, description="the network's sum of the digit and the number; always digit + number", examples=[10]
+    )
     number: int = Field(ge=0, le=9, description="the number that was sent", examples=[3])
     digit_confidence: float = Field(ge=0, le=1, description="probability of the recognised digit", examples=[0.998])
     sum_confidence: float = Field(ge=0, le=1, description="probability of the sum", examples=[0.997])
+    heads_agree: bool = Field(
+        description="true when the digit head alone and the sum head alone both give this answer; false: they "
+        "split, the answer is their joint best guess (still digit + number = sum) and low_confidence is true"
+    )
     low_confidence: bool = Field(
-        description="true when digit_confidence is under the service's threshold: "
+        description="true when digit_confidence is under the service's threshold or the heads disagree: "
         "the image may not be a clear single digit"
     )
     digit_probabilities: list[float] = Field(min_length=10, max_length=10, description="P(digit = 0..9)")

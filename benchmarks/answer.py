@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from app.model import decide
+
 MAX_PIXELS = 40_000_000  # the service's default DIGITSUM_MAX_PIXELS
 
 
 def answer(digit_p: np.ndarray, sum_p: np.ndarray, number: int) -> dict[str, object]:
     """(10,) and (19,) probabilities -> the JSON fields of the service's /predict answer."""
-    digit, total = int(np.argmax(digit_p)), int(np.argmax(sum_p))
+    digit, agree = decide(digit_p, sum_p, number)
+    total = digit + number
     return {
         "digit": digit,
         "sum": total,
         "number": number,
         "digit_confidence": round(float(digit_p[digit]), 6),
         "sum_confidence": round(float(sum_p[total]), 6),
+        "heads_agree": agree,
         "digit_probabilities": [round(float(p), 6) for p in digit_p],
     }

@@ -31,8 +31,21 @@ function clearPad() {
 }
 
 function toCanvas(event) {
-  const box = pad.getBoundingClientRect(); // the canvas is scaled by CSS; its bitmap is fixed
-  return { x: (event.clientX - box.left) * (pad.width / box.width), y: (event.clientY - box.top) * (pad.height / box.height) };
+  // The bounding box includes the canvas's CSS border; the bitmap covers only the content box inside it
+  // (clientLeft/Top = border widths, clientWidth/Height = the content box: the canvas has no padding).
+  const box = pad.getBoundingClientRect();
+  return {
+    x: (event.clientX - box.left - pad.clientLeft) * (pad.width / pad.clientWidth),
+    y: (event.clientY - box.top - pad.clientTop) * (pad.height / pad.clientHeight),
+  };
+}
+
+function dot(at) {
+  // A zero-length line draws nothing in Chromium, whatever its round cap: a tap needs a filled disc.
+  ctx.fillStyle = INK;
+  ctx.beginPath();
+  ctx.arc(at.x, at.y, (STROKE * pad.width) / 2, 0, 2 * Math.PI);
+  ctx.fill();
 }
 
 function segment(from, to) {
@@ -54,7 +67,7 @@ pad.addEventListener("pointerdown", (event) => {
   pad.setPointerCapture(event.pointerId);
   const point = toCanvas(event);
   pen = { id: event.pointerId, ...point };
-  segment(point, point); // a tap leaves a dot
+  dot(point); // a tap leaves a dot
   hasInk = true;
 });
 
@@ -151,6 +164,11 @@ function canvasBlob() {
 
 async function predict() {
   cancelAuto();
+  if (!hasInk) {
+    // A blank canvas has no digit: say so here instead of sending it for the service to refuse.
+    showIdle("Nothing to read yet: draw a digit or upload a picture first.");
+    return;
+  }
   inflight?.abort(); // only the latest drawing's answer is worth showing
   const controller = (inflight = new AbortController());
   form.setAttribute("aria-busy", "true");
@@ -219,15 +237,21 @@ function showResult(r) {
   $("sum").textContent = r.sum;
   $("digit-confidence").textContent = percent(r.digit_confidence);
   $("sum-confidence").textContent = percent(r.sum_confidence);
+  // The answer's arithmetic is always right (the service decides digit and sum jointly); when the two
+  // heads split or the digit is unsure, say so beside it rather than present the guess as fact.
+  const doubt = r.heads_agree === false
+    ? "Not sure: the network's digit and sum readings disagree here; is this a single clear digit?"
+    : "Not sure — is this a single clear digit?";
+  $("hint").textContent = doubt;
   $("hint").hidden = !r.low_confidence;
   $("result").classList.toggle("unsure", r.low_confidence);
   drawBars(r.digit_probabilities, r.digit);
   const seen = $("seen");
   seen.hidden = !r.input_image;
   if (r.input_image) seen.src = r.input_image;
-  const unsure = r.low_confidence ? " The network is not sure; is this a single clear digit?" : "";
+  const unsure = r.low_confidence ? ` ${doubt}` : "";
   $("status").textContent =
-    `Recognised ${r.digit} (${percent(r.digit_confidence)} sure): ${r.digit} + ${r.number} = ${r.sum}.${unsure}`;
+    `${r.low_confidence ? "Best guess" : "Recognised"} ${r.digit} (${percent(r.digit_confidence)} sure): ${r.digit} + ${r.number} = ${r.sum}.${unsure}`;
 }
 
 function drawBars(probabilities, digit) {

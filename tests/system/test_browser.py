@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -261,17 +262,93 @@ def test_an_uploaded_and_a_dropped_test_image_are_recognised(page: Page, sample:
     expect_result(page, second, 6)
 
 
-def test_an_api_error_is_shown_as_a_sentence(page: Page) -> None:
-    draw(page, ONE)
-    page.get_by_role("button", name="Clear").click()
+def test_an_api_error_is_shown_as_a_sentence(page: Page, tmp_path: Path) -> None:
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(png_bytes(np.full((64, 64), 255, dtype=np.uint8)))
     with page.expect_response(lambda r: "/predict" in r.url) as response:
-        page.get_by_role("button", name="Predict").click()
+        page.locator("#file").set_input_files(blank)
     assert response.value.status == 422
     error = page.get_by_role("alert")
     expect(error).to_be_visible()
     expect(error).to_contain_text("No digit found")
     expect(page.locator("#result")).to_be_hidden()
     page.screenshot(path=ARTIFACTS / "desktop-error.png")
+
+
+def test_a_blank_canvas_is_never_sent(page: Page) -> None:
+    posts: list[str] = []
+    page.on("request", lambda r: "/predict" in r.url and posts.append(r.url))
+    page.get_by_role("button", name="Predict").click()
+    draw(page, ONE)
+    page.get_by_label("Predict when I lift the pen").uncheck()
+    page.get_by_role("button", name="Clear").click()
+    page.get_by_role("button", name="Predict").click()
+    expect(page.locator("#status")).to_contain_text("draw a digit or upload a picture first")
+    expect(page.get_by_role("alert")).to_be_hidden()
+    page.wait_for_timeout(300)  # a request the click started would have been sent by now
+    assert posts == []
+
+
+def ink_centre(page: Page) -> tuple[float, float, int]:
+    """Centre of the dark pixels of the canvas bitmap, in bitmap pixels, and their count."""
+    return tuple(  # type: ignore[return-value]
+        page.evaluate(
+            """() => {
+                const pad = document.getElementById("pad");
+                const data = pad.getContext("2d").getImageData(0, 0, pad.width, pad.height).data;
+                let sx = 0, sy = 0, n = 0;
+                for (let i = 0; i < data.length; i += 4) {
+                    if (data[i] < 128) { const p = i / 4; sx += p % pad.width; sy += Math.floor(p / pad.width); n++; }
+                }
+                return [sx / n, sy / n, n];
+            }"""
+        )
+    )
+
+
+def content_point(page: Page, u: float, v: float) -> tuple[float, float, float]:
+    """Page coordinates of the point (u, v) of the canvas content box (inside its border); bitmap px per CSS px."""
+    x, y, scale = page.evaluate(
+        """([u, v]) => {
+            const pad = document.getElementById("pad");
+            const box = pad.getBoundingClientRect();
+            return [box.left + pad.clientLeft + u * pad.clientWidth, box.top + pad.clientTop + v * pad.clientHeight,
+                    pad.width / pad.clientWidth];
+        }""",
+        [u, v],
+    )
+    return x, y, scale
+
+
+def test_a_tap_leaves_a_dot_exactly_under_the_pointer(page: Page) -> None:
+    page.get_by_label("Predict when I lift the pen").uncheck()
+    page.locator("#pad").scroll_into_view_if_needed()
+    assert page.evaluate("document.getElementById('pad').clientLeft") > 0  # the case that used to be off: a border
+    x, y, _ = content_point(page, 0.25, 0.30)
+    page.mouse.click(x, y)  # press and release without moving
+    cx, cy, n = ink_centre(page)
+    assert n > 300  # a disc of the pen's width (39 px across on the 560 px bitmap), not nothing
+    assert abs(cx - 0.25 * 560) < 0.75 and abs(cy - 0.30 * 560) < 0.75  # under the pointer, not 2 px off
+    result = predict(page)
+    assert "digit" in result  # the dot was sent and answered, not refused as blank
+
+
+def test_doubt_is_shown_when_the_heads_disagree(page: Page) -> None:
+    """The service's answer when its heads split (tests/app/test_consistency.py builds such inputs for real)."""
+    split = {
+        "digit": 2, "sum": 5, "number": 3, "digit_confidence": 0.41, "sum_confidence": 0.7, "heads_agree": False,
+        "low_confidence": True, "digit_probabilities": [0.01] * 2 + [0.41] + [0.01] * 4 + [0.52] + [0.01] * 2,
+        "input_image": None,
+    }  # fmt: skip
+    page.route("**/predict*", lambda route: route.fulfill(json=split))
+    page.get_by_label("Predict when I lift the pen").uncheck()
+    draw(page, ONE)
+    page.get_by_role("button", name="Predict").click()
+    expect(page.locator("#hint")).to_be_visible()
+    expect(page.locator("#hint")).to_contain_text("disagree")
+    expect(page.locator("#result")).to_have_class(re.compile("unsure"))
+    expect(page.locator("#status")).to_contain_text("Best guess 2")
+    expect(page.locator("#status")).to_contain_text("2 + 3 = 5")
 
 
 def test_a_finger_draws_on_a_phone(browser: Browser, server: str) -> None:
