@@ -19,6 +19,7 @@ log = logging.getLogger("digitsum")
 
 METADATA_FILE = "metadata.json"  # extra file inside the TorchScript archive (training/export.py)
 SUPPORTED_FORMAT = 1
+UNCALIBRATED_THRESHOLD = 0.6  # low-confidence threshold for a card without a calibration section
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,9 @@ class Model:
                 f"Checkpoint {path} has format {self.metadata.get('format_version')}, "
                 f"this service reads {SUPPORTED_FORMAT}; retrain with `make train`."
             )
+        calibration = self.metadata.get("calibration") or {}
+        # chosen on training images held out of training (training/calibrate.py), never on the test split
+        self.low_confidence_threshold = float(calibration.get("low_confidence_threshold", UNCALIBRATED_THRESHOLD))
         self.module.eval()
         if device.device.type == "cpu":  # oneDNN's NHWC convolutions: 2.3x the images/s at batch 64, same outputs
             self.module.to(memory_format=torch.channels_last)

@@ -31,7 +31,13 @@ class Settings(BaseSettings):
     # in benchmarks/results/serve.md it adds 70% to the naive server's CPU per request and cuts LitServe's req/s 8x
     torch_threads: int = Field(1, ge=0, description="intra-op threads per worker process; 0: torch's default")
     decode_threads: int = Field(2, ge=1, le=64, description="threads per worker decoding uploads (they share a GIL)")
-    low_confidence: float = Field(0.6, ge=0, le=1, description="digit confidence under which low_confidence is true")
+    low_confidence: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="digit confidence under which low_confidence is true; unset: the threshold calibrated "
+        "into the model card (0.6 for a card without one)",
+    )
     cors_origins: list[str] = Field([], description='allowed browser origins, JSON list, e.g. ["https://x.org"]')
 
 

@@ -41,6 +41,11 @@ class TrainConfig:
     width: int = knob(
         24, "channels of the first conv block (then 2x, 4x); the smallest that met the accuracy target in time"
     )
+    drawn_share: float = knob(
+        0.5, "share of each batch re-drawn with the draw page's round brush (augment.brush_render)"
+    )
+    holdout_per_digit: int = knob(40, "training images per digit kept out of training to fit calibration on")
+    threads: int = knob(2, "intra-op threads; fixed, because the thread count changes float summation order")
     seed: int = knob(0, "seeds weights, batch order, integer draws and augmentation: same seed, same metrics")
     device: Device = knob("auto", "auto: CUDA when available, else CPU")
     out: Path = knob(Path("models/digitsum.pt"), "the checkpoint; its card, history and plots go beside it")

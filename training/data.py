@@ -110,6 +110,18 @@ def subset(data: DigitData, n: int) -> DigitData:
     return DigitData(data.name, data.split + f" (dry-run subset of {n})", every_kth(data.train), every_kth(data.test))
 
 
+def hold_out(split: Split, per_digit: int) -> tuple[Split, Split]:
+    """(train, held out): the last `per_digit` images of each digit (in order) are held out of training."""
+    keep, held = [], []
+    for digit in range(10):
+        of_digit = torch.nonzero(split.labels == digit).flatten()
+        cut = max(0, len(of_digit) - per_digit)
+        keep.append(of_digit[:cut])
+        held.append(of_digit[cut:])
+    k, h = torch.cat(keep).sort().values, torch.cat(held).sort().values
+    return Split(split.images[k], split.labels[k]), Split(split.images[h], split.labels[h])
+
+
 def load(dataset: str, data_dir: Path) -> DigitData:
     """Resolve --dataset; auto prefers full MNIST and says in one line what it chose and why."""
     if dataset == "sample":
@@ -162,8 +174,17 @@ class PairedDigits(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch
         self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Whole batches by tensor indexing (no per-item DataLoader overhead); shuffled if a generator is given."""
+        for index in self.index_batches(batch_size, generator):
+            yield self.take(index, device)
+
+    def index_batches(self, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         order = torch.randperm(len(self), generator=generator) if generator else torch.arange(len(self))
-        for index in order.split(batch_size):
-            images = self.images[index].to(device, non_blocking=True).unsqueeze(1).float().div_(255)
-            numbers, digits = self.numbers[index].to(device), self.digits[index].to(device)
-            yield images, numbers, digits, digits + numbers
+        return list(order.split(batch_size))
+
+    def take(
+        self, index: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images (B,1,28,28) in [0,1], numbers, digits, sums) for these indices, on the device."""
+        images = self.images[index].to(device, non_blocking=True).unsqueeze(1).float().div_(255)
+        numbers, digits = self.numbers[index].to(device), self.digits[index].to(device)
+        return images, numbers, digits, digits + numbers

@@ -52,7 +52,10 @@ def model_card(
             "images": "float32 (N,1,28,28) in [0,1], white digit on black, not normalised",
             "numbers": "int64 (N,) in 0..9",
         },
-        "outputs": {"digit_log_probs": "(N,10)", "sum_log_probs": "(N,19), sums 0..18"},
+        "outputs": {
+            "digit_log_probs": "(N,10), divided by digit_temperature before the softmax",
+            "sum_log_probs": "(N,19), sums 0..18, divided by sum_temperature before the softmax",
+        },
         "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD, "applied": "inside the module"},
         "dataset": {
             "name": data.name,
@@ -77,6 +80,7 @@ def model_card(
         "torch_version": run.torch_version,
         "created_at": run.created_at,
         "git_commit": run.git_commit,
+        "calibration": measured.calibration,
     }
 
 

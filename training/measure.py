@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from training.calibrate import expected_calibration_error, flag_rates
 from training.data import PairedDigits, Split
 from training.model import DigitSumNet
 
@@ -24,15 +25,31 @@ class Measurements:
     test: dict[str, Any]  # evaluate() on every test image with all ten integers
     sum_head_exact_pairs: int  # of the 100 (digit, integer) pairs
     cpu_inference: dict[str, float]  # ms per image at each of LATENCY_BATCHES, and the threads used
+    calibration: dict[str, Any]  # as fitted on held-out training images, then checked on the test split
 
 
-def measure(model: DigitSumNet, test: Split, device: torch.device) -> Measurements:
-    """Everything the card reports about the network: accuracy on the test split, the sum head alone, CPU cost."""
+def measure(model: DigitSumNet, test: Split, device: torch.device, calibration: dict[str, Any]) -> Measurements:
+    """Everything the card reports about the network: accuracy and calibration on the test split, the sum head
+    alone, CPU cost."""
+    pairs = PairedDigits(test, exhaustive=True)
+    final = evaluate(model, pairs, device)
     return Measurements(
-        test=evaluate(model, PairedDigits(test, exhaustive=True), device),
+        test=final,
         sum_head_exact_pairs=sum_head_exact_pairs(model),
         cpu_inference=cpu_inference(model),
+        calibration=calibration_on_test(calibration, final, pairs),
     )
+
+
+def calibration_on_test(calibration: dict[str, Any], final: dict[str, Any], pairs: PairedDigits) -> dict[str, Any]:
+    """The fit's card section plus how it holds on the test split: ECE, and what the threshold flags."""
+    correct = (final["digit_pred"] == pairs.digits).numpy()
+    threshold = calibration["low_confidence_threshold"]
+    return {
+        **calibration,
+        "test_ece_after": round(final["test_digit_ece"], 5),
+        "test_flags": flag_rates(final["confidence"], correct, threshold),
+    }
 
 
 @torch.inference_mode()
@@ -40,7 +57,7 @@ def evaluate(model: DigitSumNet, pairs: PairedDigits, device: torch.device) -> d
     """Losses and accuracies of both heads, plus the digit predictions for a confusion matrix."""
     model.eval()
     digit_loss = sum_loss = 0.0
-    digit_preds, sum_preds = [], []
+    digit_preds, sum_preds, confidences = [], [], []
     for images, numbers, digits, sums in pairs.batches(1000, device):
         digit_lp, sum_lp = model(images, numbers)
         # the digit loss as train.losses computes it, without label smoothing
@@ -48,8 +65,12 @@ def evaluate(model: DigitSumNet, pairs: PairedDigits, device: torch.device) -> d
         sum_loss += F.nll_loss(sum_lp, sums).item() * len(digits)
         digit_preds.append(digit_lp.argmax(1).cpu())
         sum_preds.append(sum_lp.argmax(1).cpu())
+        confidences.append(digit_lp.max(1).values.exp().float().cpu())
     digit_pred, sum_pred = torch.cat(digit_preds), torch.cat(sum_preds)
+    confidence, correct = torch.cat(confidences).numpy(), (digit_pred == pairs.digits).numpy()
     return {
+        "test_digit_ece": expected_calibration_error(confidence, correct),
+        "confidence": confidence,
         "test_digit_loss": digit_loss / len(pairs),
         "test_sum_loss": sum_loss / len(pairs),
         "test_digit_acc": (digit_pred == pairs.digits).float().mean().item(),

@@ -80,19 +80,31 @@ class DigitSumNet(nn.Module):
 
     mean: torch.Tensor  # buffers: travel with the module, so the service never normalises by itself
     std: torch.Tensor
+    digit_temperature: torch.Tensor  # 1 while training; fitted on held-out training images afterwards
+    sum_temperature: torch.Tensor
 
     def __init__(self, width: int = 24) -> None:
         super().__init__()
         self.width = width
         self.register_buffer("mean", torch.tensor(MNIST_MEAN))
         self.register_buffer("std", torch.tensor(MNIST_STD))
+        self.register_buffer("digit_temperature", torch.tensor(1.0))
+        self.register_buffer("sum_temperature", torch.tensor(1.0))
         self.digit = DigitCNN(width)
         self.sum = SumHead()
 
+    def logits(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uncalibrated digit (B, 10) and sum (B, 19) logits; the sum head reads the uncalibrated digit softmax."""
+        digit_logits = self.digit((images - self.mean) / self.std)
+        return digit_logits, self.sum(F.softmax(digit_logits.float(), dim=1), numbers).float()
+
     def forward(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        digit_log_probs = F.log_softmax(self.digit((images - self.mean) / self.std), dim=1)
-        sum_logits = self.sum(digit_log_probs.exp(), numbers)
-        return digit_log_probs, F.log_softmax(sum_logits.float(), dim=1)
+        digit_logits, sum_logits = self.logits(images, numbers)
+        # temperatures rescale confidence only: each head's argmax, and so every answer, is unchanged
+        return (
+            F.log_softmax(digit_logits.float() / self.digit_temperature, dim=1),
+            F.log_softmax(sum_logits / self.sum_temperature, dim=1),
+        )
 
     def model_args(self) -> dict[str, Any]:
         """The constructor's arguments: `DigitSumNet(**net.model_args())` rebuilds this architecture."""

@@ -19,17 +19,20 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training import data as digit_data
-from training.augment import augment
+from training.augment import augment, brush_render
+from training.calibrate import calibrate
 from training.config import TrainConfig
 from training.data import PairedDigits
 from training.export import Provenance, export_torchscript, model_card
 from training.measure import evaluate, measure
 from training.model import DigitSumNet
 from training.plots import plot_confusion, plot_curves
+from training.strokes import stroke_maps
 
 log = logging.getLogger("training")
 
 DRY_RUN_IMAGES = 512  # --dry-run trains and evaluates on this many images
+DRY_RUN_HOLDOUT_PER_DIGIT = 5
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -64,15 +67,24 @@ class TrainState:
     device: torch.device
 
 
-def train_epoch(state: TrainState, pairs: PairedDigits, config: TrainConfig, epoch: int) -> dict[str, float]:
+def train_epoch(
+    state: TrainState,
+    pairs: PairedDigits,
+    config: TrainConfig,
+    epoch: int,
+    strokes: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, float]:
     model, device, generator = state.model, state.device, state.generator
     optimizer, scheduler = state.optimizer, state.scheduler
     model.train()
     pairs.draw(epoch)
     totals = np.zeros(5)  # digit loss, sum loss, digit correct, sum correct, count
-    steps = -(-len(pairs) // config.batch_size)
-    bar = tqdm(pairs.batches(config.batch_size, device, generator), total=steps, desc=f"epoch {epoch}/{config.epochs}")
-    for images, numbers, digits, sums in bar:
+    batches = pairs.index_batches(config.batch_size, generator)
+    bar = tqdm(batches, total=len(batches), desc=f"epoch {epoch}/{config.epochs}")
+    for index in bar:
+        images, numbers, digits, sums = pairs.take(index, device)
+        if strokes is not None:
+            images = redraw_some(images, index, strokes, config.drawn_share, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             digit_loss, sum_loss, digit_lp, sum_lp = losses(
                 model, augment(images, generator), numbers, digits, sums, config.label_smoothing
@@ -96,6 +108,20 @@ def train_epoch(state: TrainState, pairs: PairedDigits, config: TrainConfig, epo
         "train_digit_acc": totals[2] / totals[4],
         "train_sum_acc": totals[3] / totals[4],
     }
+
+
+def redraw_some(
+    images: torch.Tensor,
+    index: torch.Tensor,
+    strokes: tuple[torch.Tensor, torch.Tensor],
+    share: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Replace a random `share` of the batch with its digits re-drawn by the page's round brush."""
+    dist, long_side = strokes
+    chosen = torch.rand(len(index), generator=generator) < share
+    redrawn = brush_render(dist[index].to(images.device), long_side[index].to(images.device), generator)
+    return torch.where(chosen.to(images.device).view(-1, 1, 1, 1), redrawn, images)
 
 
 def confusion_matrix(true: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
@@ -122,15 +148,16 @@ def fit(
 ) -> tuple[DigitSumNet, list[dict[str, Any]]]:
     """Train for config.epochs; returns the weights to export and the per-epoch history."""
     train_pairs = PairedDigits(data.train, seed=config.seed)
+    strokes = stroke_maps(data.train.images) if config.drawn_share > 0 else None
     curve_pairs = PairedDigits(data.test, seed=config.seed + 1)  # one integer per test image, for the curves
     optimizer, scheduler = make_optimizer(model, config, config.epochs * -(-len(train_pairs) // config.batch_size))
     state = TrainState(model, optimizer, scheduler, torch.Generator().manual_seed(config.seed), device)
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        stats = train_epoch(state, train_pairs, config, epoch)
+        stats = train_epoch(state, train_pairs, config, epoch, strokes)
         curve = evaluate(model, curve_pairs, device)
-        stats.update({k: v for k, v in curve.items() if k != "digit_pred"})
+        stats.update({k: v for k, v in curve.items() if k not in ("digit_pred", "confidence")})
         history.append({"epoch": epoch, "seconds": round(time.perf_counter() - start, 2), **stats})
         log.info(
             "epoch %d: test digit %.2f%%, sum %.2f%%", epoch, 100 * curve["test_digit_acc"], 100 * curve["test_sum_acc"]
@@ -151,10 +178,16 @@ def write_reports(out: Path, history: list[dict[str, Any]], data: digit_data.Dig
 def run(config: TrainConfig) -> dict[str, Any]:
     """Train, measure, export and report; returns the model card (also written beside the checkpoint)."""
     device = resolve_device(config.device)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     data = digit_data.load(config.dataset, config.data_dir)
     if config.dry_run:
         data, config.epochs = digit_data.subset(data, DRY_RUN_IMAGES), 1
+        config.holdout_per_digit = min(config.holdout_per_digit, DRY_RUN_HOLDOUT_PER_DIGIT)
+    train, held = digit_data.hold_out(data.train, config.holdout_per_digit)
+    split = f"{data.split}; the last {config.holdout_per_digit} training images of each digit held out for calibration"
+    data = digit_data.DigitData(data.name, split, train, data.test)
     log.info(
         "training on %s: %d train / %d test images, device %s",
         data.name,
@@ -165,8 +198,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     model, history = fit(DigitSumNet(config.width).to(device), data, config, device)
+    calibration = calibrate(model, held, config.seed, device)
     provenance = Provenance.of_this_run(len(history), time.perf_counter() - start, device)
-    measured = measure(model, data.test, device)
+    measured = measure(model, data.test, device, calibration)
     card = export_torchscript(model, config.out, model_card(config, data, model.describe(), measured, provenance))
     write_reports(config.out, history, data, measured.test)
     log.info(

@@ -65,7 +65,8 @@ async def predict(
         f"decode;dur={(decoded - start) * 1000:.2f}, queue;dur={timed.queue_s * 1000:.2f}, "
         f"inference;dur={timed.inference_s * 1000:.2f}"
     )
-    return encode(timed.value, number, settings.low_confidence, pixels if debug else None)
+    threshold = predictor.model.low_confidence_threshold if settings.low_confidence is None else settings.low_confidence
+    return encode(timed.value, number, threshold, pixels if debug else None)
 
 
 async def decode(image: UploadFile, predictor: Predictor) -> np.ndarray:

@@ -17,6 +17,7 @@ def test_the_card_reports_its_inputs_and_nothing_else() -> None:
         test={"test_digit_acc": 0.987654321, "test_sum_acc": 0.5},
         sum_head_exact_pairs=97,
         cpu_inference={"ms_per_image_batch1": 1.5, "threads": 3},
+        calibration={"digit_temperature": 1.25, "test_ece_after": 0.01},
     )
     run = Provenance(epochs_run=2, seconds=12.3, device="cpu", torch_version="x", created_at="t", git_commit=None)
     architecture = {"name": "Net", "model_args": {"width": 1}, "parameters": 7}
@@ -24,6 +25,6 @@ def test_the_card_reports_its_inputs_and_nothing_else() -> None:
     assert card == model_card(TrainConfig(seed=5), data, architecture, measured, run)
     assert card["architecture"] == architecture
     assert card["metrics"]["digit_accuracy"] == 0.98765 and card["metrics"]["sum_head_exact_pairs"] == 97
-    assert card["cpu_inference"] == measured.cpu_inference
+    assert card["cpu_inference"] == measured.cpu_inference and card["calibration"] == measured.calibration
     assert card["training"]["seed"] == 5 and card["training"]["epochs_run"] == 2 and card["training"]["seconds"] == 12.3
     assert (card["torch_version"], card["created_at"], card["git_commit"]) == ("x", "t", None)

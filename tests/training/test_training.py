@@ -19,10 +19,12 @@ import torch
 from tests.support.digits import load_sample as load_for_service_tests
 from tests.support.service import ROOT
 from training import data as digit_data
-from training.augment import augment
+from training.augment import augment, brush_render
+from training.calibrate import expected_calibration_error, fit_temperature
 from training.config import TrainConfig
 from training.data import PairedDigits, Split, sample_csv_path
 from training.model import DigitSumNet
+from training.strokes import stroke_maps
 from training.train import run
 
 
@@ -164,14 +166,68 @@ def test_dry_run_writes_a_loadable_self_describing_checkpoint(
 
 
 def test_same_seed_same_metrics(dry_run_dir: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    """Same seed, data, torch and thread count: the same weights bit for bit (README: what varies across machines)."""
     first_dir, _ = dry_run_dir
     first = json.loads((first_dir / "m.json").read_text())
     again = dry_run(tmp_path / "again.pt", "--dataset", "sample")
     assert again["metrics"] == first["metrics"]  # type: ignore[index]
+    assert again["calibration"] == first["calibration"]  # type: ignore[index]
+    weights = torch.jit.load(str(first_dir / "m.pt")).state_dict()
+    weights_again = torch.jit.load(str(tmp_path / "again.pt")).state_dict()
+    assert all(torch.equal(weights[name], weights_again[name]) for name in weights)
     assert (
         json.loads((first_dir / "m_history.json").read_text())[0]["train_digit_loss"]
         == json.loads((tmp_path / "again_history.json").read_text())[0]["train_digit_loss"]
     )
+
+
+def test_calibration_travels_inside_the_checkpoint(dry_run_dir: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    extra = {"metadata.json": ""}
+    module = torch.jit.load(str(dry_run_dir[0] / "m.pt"), _extra_files=extra)
+    calibration = json.loads(extra["metadata.json"])["calibration"]
+    assert float(module.digit_temperature) == pytest.approx(calibration["digit_temperature"], abs=1e-4)
+    assert float(module.sum_temperature) == pytest.approx(calibration["sum_temperature"], abs=1e-4)
+    assert 0 < calibration["low_confidence_threshold"] < 1
+    assert "held out of training" in calibration["fitted_on"]
+
+
+def test_held_out_images_are_the_last_of_each_digit_and_never_train(sample: digit_data.DigitData) -> None:
+    train, held = digit_data.hold_out(sample.train, 40)
+    assert len(train.labels) == 3600 and len(held.labels) == 400
+    assert torch.equal(torch.bincount(held.labels), torch.full((10,), 40))
+    for digit in range(10):
+        of_digit = sample.train.images[sample.train.labels == digit]
+        assert torch.equal(held.images[held.labels == digit], of_digit[-40:])
+        assert torch.equal(train.images[train.labels == digit], of_digit[:-40])
+
+
+def test_round_brush_redraws_digits_fitted_mnist_style(sample: digit_data.DigitData) -> None:
+    dist, long_side = stroke_maps(sample.train.images[:20])
+    thin = brush_render(dist, long_side, torch.Generator().manual_seed(0), width_share=(0.08, 0.08))
+    thick = brush_render(dist, long_side, torch.Generator().manual_seed(0), width_share=(0.3, 0.3))
+    assert thin.shape == (20, 1, 28, 28) and torch.allclose(thin.amax((1, 2, 3)), torch.ones(20))
+    assert (thick > 0.5).sum() > 1.5 * (thin > 0.5).sum()  # the page's brush on a small digit: thick strokes
+    for image in thick[:, 0]:
+        rows, cols = torch.nonzero(image > 0.05, as_tuple=True)
+        assert 18 <= max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 <= 22  # long side ~20 of 28
+        grid = torch.arange(28.0)
+        centre = ((image.sum(1) * grid).sum() / image.sum(), (image.sum(0) * grid).sum() / image.sum())
+        assert all(abs(c - 13.5) < 1.0 for c in centre)  # centre of mass at the centre
+
+
+def test_temperature_fit_recovers_a_known_temperature() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(20_000, 10, generator=generator) * 4
+    labels = torch.multinomial(torch.softmax(logits / 2.0, 1), 1, generator=generator).flatten()
+    assert fit_temperature(logits, labels) == pytest.approx(2.0, rel=0.05)
+
+
+def test_expected_calibration_error() -> None:
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.5, 1.0, 50_000)
+    honest = rng.uniform(size=confidence.size) < confidence
+    assert expected_calibration_error(confidence, honest) < 0.01
+    assert expected_calibration_error(np.full(1000, 0.99), np.arange(1000) % 2 == 0) == pytest.approx(0.49)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
