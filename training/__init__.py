@@ -9,6 +9,6 @@ See training/train.py for the result the default run reaches and how long it tak
 
 import os
 
-# Before torch loads OpenMP: idle threads sleep instead of spinning. On a shared 2-core machine (load ~10) a
-# training step took 2.3 s with spinning threads and 0.35 s with sleeping ones; the arithmetic is the same.
+# Before torch loads OpenMP: idle threads sleep instead of spinning, which on a busy shared machine makes
+# training steps several times faster; the arithmetic is the same.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -86,6 +86,9 @@ def dry_run(out: Path, *extra: str) -> dict[str, object]:
     return run(TrainConfig.from_args(["--dry-run", "--out", str(out), "--device", "cpu", *extra]))
 
 
+DryRun = tuple[Path, subprocess.CompletedProcess[str]]  # the folder it wrote to, and the process
+
+
 def run_console_script(*argv: str) -> subprocess.CompletedProcess[str]:
     """`digitsum-train ARGS` as the installer's generated script runs it, on this checkout's code.
 
@@ -100,14 +103,14 @@ def run_console_script(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def dry_run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def dry_run_dir(tmp_path_factory: pytest.TempPathFactory) -> DryRun:
     """One dry run on the sample through the console script, shared by the tests that inspect what it wrote."""
     out = tmp_path_factory.mktemp("dry") / "m.pt"
     return out.parent, run_console_script("--dry-run", "--dataset", "sample", "--device", "cpu", "--out", str(out))
 
 
 def test_the_console_script_exits_0_and_logs_a_summary_not_the_card(
-    dry_run_dir: tuple[Path, subprocess.CompletedProcess[str]],
+    dry_run_dir: DryRun,
 ) -> None:
     _, process = dry_run_dir
     assert process.returncode == 0, process.stderr[-2000:]
@@ -137,7 +140,7 @@ def test_the_cli_fills_in_the_config() -> None:
 
 
 def test_dry_run_writes_a_loadable_self_describing_checkpoint(
-    dry_run_dir: tuple[Path, subprocess.CompletedProcess[str]],
+    dry_run_dir: DryRun,
 ) -> None:
     tmp_path, _ = dry_run_dir
     extra = {"metadata.json": ""}
@@ -165,7 +168,7 @@ def test_dry_run_writes_a_loadable_self_describing_checkpoint(
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_same_seed_same_metrics(dry_run_dir: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+def test_same_seed_same_metrics(dry_run_dir: DryRun, tmp_path: Path) -> None:
     """Same seed, data, torch and thread count: the same weights bit for bit (README: what varies across machines)."""
     first_dir, _ = dry_run_dir
     first = json.loads((first_dir / "m.json").read_text())
@@ -181,7 +184,7 @@ def test_same_seed_same_metrics(dry_run_dir: tuple[Path, subprocess.CompletedPro
     )
 
 
-def test_calibration_travels_inside_the_checkpoint(dry_run_dir: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+def test_calibration_travels_inside_the_checkpoint(dry_run_dir: DryRun) -> None:
     extra = {"metadata.json": ""}
     module = torch.jit.load(str(dry_run_dir[0] / "m.pt"), _extra_files=extra)
     calibration = json.loads(extra["metadata.json"])["calibration"]
