@@ -109,9 +109,7 @@ def dry_run_dir(tmp_path_factory: pytest.TempPathFactory) -> DryRun:
     return out.parent, run_console_script("--dry-run", "--dataset", "sample", "--device", "cpu", "--out", str(out))
 
 
-def test_the_console_script_exits_0_and_logs_a_summary_not_the_card(
-    dry_run_dir: DryRun,
-) -> None:
+def test_the_console_script_exits_0_and_logs_a_summary_not_the_card(dry_run_dir: DryRun) -> None:
     _, process = dry_run_dir
     assert process.returncode == 0, process.stderr[-2000:]
     assert "format_version" not in process.stderr + process.stdout
@@ -139,9 +137,7 @@ def test_the_cli_fills_in_the_config() -> None:
         TrainConfig.from_args(["--dataset", "cifar"])
 
 
-def test_dry_run_writes_a_loadable_self_describing_checkpoint(
-    dry_run_dir: DryRun,
-) -> None:
+def test_dry_run_writes_a_loadable_self_describing_checkpoint(dry_run_dir: DryRun) -> None:
     tmp_path, _ = dry_run_dir
     extra = {"metadata.json": ""}
     module = torch.jit.load(str(tmp_path / "m.pt"), map_location="cpu", _extra_files=extra)
