@@ -171,7 +171,10 @@ def uploaded_png(page: Page) -> bytes:
     """Press Predict and return the image the page sent."""
     page.evaluate("window.sentImage = null")
     page.get_by_role("button", name="Predict").click()  # the answer is not needed: the next Clear drops it
-    return base64.b64decode(page.wait_for_function("window.sentImage").json_value())
+    sent = (
+        "async () => { while (!window.sentImage) await new Promise(r => setTimeout(r, 5)); return window.sentImage; }"
+    )
+    return base64.b64decode(page.evaluate(sent))
 
 
 def main() -> None:

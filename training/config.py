@@ -42,9 +42,15 @@ class TrainConfig:
         24, "channels of the first conv block (then 2x, 4x); the smallest that met the accuracy target in time"
     )
     drawn_share: float = knob(
-        0.5, "share of each batch re-drawn with the draw page's round brush (augment.brush_render)"
+        0.0,
+        "share of each batch re-drawn with the draw page's round brush (augment.brush_render); off by default: "
+        "on the sample it costs test accuracy (benchmarks/results/recipes.md)",
     )
-    holdout_per_digit: int = knob(40, "training images per digit kept out of training to fit calibration on")
+    holdout_per_digit: int = knob(
+        0,
+        "training images per digit kept out of training to calibrate on (0: no calibration); off by default: "
+        "on the sample it costs test accuracy (benchmarks/results/recipes.md)",
+    )
     threads: int = knob(2, "intra-op threads; fixed, because the thread count changes float summation order")
     seed: int = knob(0, "seeds weights, batch order, integer draws and augmentation: same seed, same metrics")
     device: Device = knob("auto", "auto: CUDA when available, else CPU")

@@ -68,6 +68,7 @@ def model_card(
             "sum_accuracy": round(measured.test["test_sum_acc"], 5),
             "sum_accuracy_pairs": "every test image with all ten integers",
             "sum_head_exact_pairs": measured.sum_head_exact_pairs,
+            "digit_ece": round(measured.test["test_digit_ece"], 5),
         },
         "cpu_inference": measured.cpu_inference,
         "training": {
@@ -80,7 +81,7 @@ def model_card(
         "torch_version": run.torch_version,
         "created_at": run.created_at,
         "git_commit": run.git_commit,
-        "calibration": measured.calibration,
+        **({} if measured.calibration is None else {"calibration": measured.calibration}),
     }
 
 

@@ -186,8 +186,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
         data, config.epochs = digit_data.subset(data, DRY_RUN_IMAGES), 1
         config.holdout_per_digit = min(config.holdout_per_digit, DRY_RUN_HOLDOUT_PER_DIGIT)
     train, held = digit_data.hold_out(data.train, config.holdout_per_digit)
-    split = f"{data.split}; the last {config.holdout_per_digit} training images of each digit held out for calibration"
-    data = digit_data.DigitData(data.name, split, train, data.test)
+    if config.holdout_per_digit:
+        split = f"{data.split}; the last {config.holdout_per_digit} training images of each digit held out to calibrate"
+        data = digit_data.DigitData(data.name, split, train, data.test)
     log.info(
         "training on %s: %d train / %d test images, device %s",
         data.name,
@@ -198,7 +199,8 @@ def run(config: TrainConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     model, history = fit(DigitSumNet(config.width).to(device), data, config, device)
-    calibration = calibrate(model, held, config.seed, device)
+    # no held-out images, no calibration: temperatures stay 1 and the service uses its uncalibrated threshold
+    calibration = calibrate(model, held, config.seed, device) if len(held.labels) else None
     provenance = Provenance.of_this_run(len(history), time.perf_counter() - start, device)
     measured = measure(model, data.test, device, calibration)
     card = export_torchscript(model, config.out, model_card(config, data, model.describe(), measured, provenance))

@@ -82,8 +82,12 @@ def test_augmentation_keeps_shape_range_and_is_seeded() -> None:
     assert 0 <= a.min() and a.max() <= 1 and not torch.equal(a, images)
 
 
+EVERY_STAGE = ("--drawn-share", "0.5", "--holdout-per-digit", "5")  # round-brush re-drawing, calibration
+
+
 def dry_run(out: Path, *extra: str) -> dict[str, object]:
-    return run(TrainConfig.from_args(["--dry-run", "--out", str(out), "--device", "cpu", *extra]))
+    """A dry run with every optional stage on: round-brush re-drawing and calibration on held-out images."""
+    return run(TrainConfig.from_args(["--dry-run", "--out", str(out), "--device", "cpu", *EVERY_STAGE, *extra]))
 
 
 DryRun = tuple[Path, subprocess.CompletedProcess[str]]  # the folder it wrote to, and the process
@@ -106,7 +110,9 @@ def run_console_script(*argv: str) -> subprocess.CompletedProcess[str]:
 def dry_run_dir(tmp_path_factory: pytest.TempPathFactory) -> DryRun:
     """One dry run on the sample through the console script, shared by the tests that inspect what it wrote."""
     out = tmp_path_factory.mktemp("dry") / "m.pt"
-    return out.parent, run_console_script("--dry-run", "--dataset", "sample", "--device", "cpu", "--out", str(out))
+    return out.parent, run_console_script(
+        "--dry-run", "--dataset", "sample", "--device", "cpu", *EVERY_STAGE, "--out", str(out)
+    )
 
 
 def test_the_console_script_exits_0_and_logs_a_summary_not_the_card(dry_run_dir: DryRun) -> None:
