@@ -80,7 +80,7 @@ class NullObserver:
 
 
 @dataclass(frozen=True, slots=True)
-class Timed(Generic[R]):
+class TimedResult(Generic[R]):
     """One item's result and where its time went (the service reports these in `Server-Timing`)."""
 
     value: R
@@ -92,7 +92,7 @@ class Timed(Generic[R]):
 @dataclass(slots=True, eq=False)
 class _Pending(Generic[T, R]):
     item: T
-    future: asyncio.Future[Timed[R]]
+    future: asyncio.Future[TimedResult[R]]
     enqueued_at: float = field(default_factory=time.perf_counter)
     # True once the item left the queue: taken by the worker, or abandoned by its timed-out/cancelled caller.
     dequeued: bool = False
@@ -186,7 +186,7 @@ class MicroBatcher(Generic[T, R]):
         """The result of `run_batch` for this item."""
         return (await self.submit_timed(item, timeout_s)).value
 
-    async def submit_timed(self, item: T, timeout_s: float | None = None) -> Timed[R]:
+    async def submit_timed(self, item: T, timeout_s: float | None = None) -> TimedResult[R]:
         """The result for this item with its queue wait and inference time."""
         if not self._accepting:
             raise BatcherClosed("The model is not accepting requests (not started or shutting down).")
@@ -292,7 +292,7 @@ class MicroBatcher(Generic[T, R]):
         self._observer.on_batch(len(live), inference_s)
         for pending, value in zip(live, values, strict=True):
             if not pending.future.done():  # its caller may have timed out while the batch ran
-                pending.future.set_result(Timed(value, started - pending.enqueued_at, inference_s, len(live)))
+                pending.future.set_result(TimedResult(value, started - pending.enqueued_at, inference_s, len(live)))
 
     @staticmethod
     def _fail_all(

@@ -11,13 +11,13 @@ from app.settings import Settings
 
 
 # async: FastAPI runs a plain `def` dependency in its thread pool, two thread hops per request for an attribute read
-async def get_predictor(request: Request) -> Predictor:
+async def current_predictor(request: Request) -> Predictor:
     return request.app.state.predictor  # type: ignore[no-any-return]
 
 
-async def get_settings(request: Request) -> Settings:
+async def current_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-PredictorDep = Annotated[Predictor, Depends(get_predictor)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+PredictorDep = Annotated[Predictor, Depends(current_predictor)]
+SettingsDep = Annotated[Settings, Depends(current_settings)]

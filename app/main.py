@@ -13,27 +13,36 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartParser
 
-from app.errors import OneLineStartupFailure, StartupError
-from app.metrics import MODEL, forget_this_process
-from app.middleware import BodyLimits, RequestContext, RequestIdFilter
+from app.errors import ServiceError, StartupError
+from app.handlers import http_error_handler, service_error_handler, validation_error_handler
+from app.metrics import MODEL_INFO, forget_this_process
+from app.middleware import (
+    AllowedHosts,
+    BodyLimits,
+    CancelOnDisconnect,
+    HeadAsGet,
+    InternalOnly,
+    OneLineStartupFailure,
+    RequestContext,
+    RequestIdFilter,
+)
 from app.model import Model, choose_device
 from app.predictor import Predictor
 from app.routes import docs, health, info, pages, predict
 from app.settings import Settings, get_settings
-from app.validation import http_error_handler, validation_error_handler
 
 log = logging.getLogger("digitsum")
+INTERNAL_PATHS = frozenset({"/metrics", "/model"})  # with DIGITSUM_INTERNAL_PORT, served there alone
 
 
 def load_model(settings: Settings) -> Model:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    model = Model(settings.model_path, choose_device(settings.device))
-    MODEL.labels(model.sha256, str(model.device.device), str(model.path)).set(1)
-    log.info(
-        "loaded %s (sha256 %s...) on %s: %s", model.path, model.sha256[:12], model.device.device, model.device.reason
-    )
+    model = Model(settings.model_path, choose_device(settings.device), settings.allow_missing_card)
+    MODEL_INFO.labels(model.sha256, str(model.device), model.path.name).set(1)
+    log.info("loaded %s (sha256 %s...) on %s: %s", model.path, model.sha256[:12], model.device, model.device_reason)
     return model
 
 
@@ -45,11 +54,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         model = await asyncio.to_thread(load_model, settings)
     except StartupError as exc:
         log.error("%s", exc)
+        app.state.startup_error = exc  # OneLineStartupFailure: the line above is all uvicorn should print
         raise
     predictor = app.state.predictor = Predictor(model, settings)
     freeze_startup_objects()
     await predictor.start()
-    warm_up = asyncio.create_task(predictor.warm_up_and_self_test())
+    # app.serve's workers wait for it before they listen; a lone uvicorn serves meanwhile (/readyz: 503)
+    warm_up = app.state.warm_up = asyncio.create_task(predictor.warm_up_and_self_test())
     yield
     warm_up.cancel()
     await predictor.stop()
@@ -57,9 +68,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def freeze_startup_objects() -> None:
-    """Take what startup built (torch, the model, FastAPI: ~200k objects that live until exit) out of the GC's sight.
+    """Take what startup built (torch, the model, FastAPI: objects that live until exit) out of the GC's sight.
 
-    Otherwise every full collection walks them all: a 80-100 ms stall of the event loop every few seconds
+    Otherwise every full collection walks them all: a stall of the event loop every few seconds
     under load, which was the service's p99 at 64 connections (benchmarks/results/serve.md).
     """
     gc.collect()
@@ -103,11 +114,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", pages.static, name="static")
     app.include_router(docs.router)
     app.mount(docs.DOCS_STATIC_URL, docs.static, name="docs-static")
+    app.add_exception_handler(ServiceError, service_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
+    # Uploads under the body cap stay in memory: Starlette would spool those over 1 MB to /tmp, where a full
+    # disk turned them into a 400 that blamed the client (and /tmp is RAM in the container anyway).
+    MultiPartParser.spool_max_size = settings.max_upload_bytes
+    # Outermost last: ids, metrics and security headers see every answer, the body caps every read.
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, max_seconds=settings.upload_timeout_s)
+    app.add_middleware(CancelOnDisconnect)
     if settings.cors_origins:  # closed unless configured
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
+    if settings.internal_port:
+        app.add_middleware(InternalOnly, paths=INTERNAL_PATHS, port=settings.internal_port)
+    if settings.allowed_hosts:
+        app.add_middleware(AllowedHosts, hosts=settings.allowed_hosts)
     app.add_middleware(RequestContext)
     app.add_middleware(OneLineStartupFailure)
     return app

@@ -33,10 +33,10 @@ INFERENCE_SECONDS = Histogram("digitsum_inference_seconds", "forward pass time p
 BATCH_SIZE = Histogram("digitsum_batch_size", "requests per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 BATCH_FAILURES = Counter("digitsum_batch_failures_total", "forward passes that failed (their requests got 503)")
 REJECTED = Counter("digitsum_rejected_total", "requests refused before inference", ["reason"])
-MODEL = Gauge(  # an info-style gauge (value 1): prometheus-client's Info has no multiprocess mode
+MODEL_INFO = Gauge(  # an info-style gauge (value 1): prometheus-client's Info has no multiprocess mode
     "digitsum_model_info",
     "the checkpoint being served and the device it runs on",
-    ["sha256", "device", "path"],
+    ["sha256", "device", "file"],
     multiprocess_mode="max",
 )
 

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware on the request path: request ids, metrics, and the upload caps (size and time)."""
+"""Pure ASGI middleware on the request path: request ids, metrics, security headers, allowed hosts, HEAD, the
+upload caps (size and time), cancelling work for a client that has gone, and one-line startup failures."""
 
 from __future__ import annotations
 
@@ -9,15 +10,24 @@ import re
 import time
 import uuid
 
-from fastapi import HTTPException
+import anyio
 from starlette.datastructures import MutableHeaders
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import BadRequest, BodyTooLarge, BodyTooSlow, NotFound, ServiceError
+from app.handlers import error_response
 from app.metrics import IN_FLIGHT, REQUEST_SECONDS
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a client's id is echoed only if it is this tame
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # any other is "other" in metrics
+# On every answer; pages and /docs add their own Content-Security-Policy, which is then kept.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -54,7 +64,10 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, rid)
+                headers = MutableHeaders(scope=message)
+                headers.append(REQUEST_ID_HEADER, rid)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
             await send(message)
 
         IN_FLIGHT.inc()
@@ -62,9 +75,109 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             IN_FLIGHT.dec()
-            route = getattr(scope.get("route"), "path", "unmatched")  # the template, never the raw path
-            REQUEST_SECONDS.labels(route, scope["method"], str(status)).observe(time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            REQUEST_SECONDS.labels(route_label(scope), method, str(status)).observe(time.perf_counter() - start)
             request_id.reset(token)
+
+
+def route_label(scope: Scope) -> str:
+    """The route's template, never the raw path (bounded label values): "/predict", "/static/{path}"."""
+    if (route := scope.get("route")) is not None:
+        return str(route.path)
+    if "endpoint" in scope:  # a mounted app (static files, Swagger UI's assets) matched
+        return f"{scope.get('root_path', '')}/{{path}}"
+    return "unmatched"
+
+
+class AllowedHosts:
+    """400 unless the Host header names one of `hosts` (DNS rebinding cannot reach /model or /metrics)."""
+
+    def __init__(self, app: ASGIApp, hosts: list[str]) -> None:
+        self.app, self.hosts = app, {host.lower() for host in hosts}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name not in self.hosts and host not in self.hosts:
+                error = BadRequest(f"This service does not answer to the host {host[:80]!r}; use its configured name.")
+                await error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class InternalOnly:
+    """`paths` (/metrics, /model) only for connections to the internal port: scrapers and operators, not clients."""
+
+    def __init__(self, app: ASGIApp, paths: frozenset[str], port: int) -> None:
+        self.app, self.paths, self.port = app, paths, port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            internal = (scope.get("server") or ("", None))[1] == self.port
+            if (scope["path"] in self.paths) != internal:  # internal paths only there, and only they
+                await error_response(NotFound(f"There is nothing at {scope['path'][:80]} on this port."))(
+                    scope, receive, send
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+class HeadAsGet:
+    """HEAD on any GET route: answered as GET, without the body (FastAPI registers GET alone)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+
+
+class CancelOnDisconnect:
+    """Once the body has arrived, a client that hangs up cancels its request: no decode or forward for no one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body_read = anyio.Event()
+        answered = False
+
+        async def tracking_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal answered
+            answered = True  # once an answer has started, it finishes: nothing left to save
+            await send(message)
+
+        async with anyio.create_task_group() as group:
+
+            async def watch() -> None:
+                await body_read.wait()
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                if not answered:
+                    group.cancel_scope.cancel()
+
+            group.start_soon(watch)
+            await self.app(scope, tracking_receive, tracking_send)
+            group.cancel_scope.cancel()
 
 
 class BodyLimits:
@@ -78,13 +191,15 @@ class BodyLimits:
     def __init__(self, app: ASGIApp, max_bytes: int, max_seconds: float) -> None:
         self.app, self.max_bytes, self.max_seconds = app, max_bytes, max_seconds
 
-    def too_large(self) -> HTTPException:
-        detail = f"The request body is larger than the {self.max_bytes / 1e6:g} MB limit; send a smaller image."
-        return HTTPException(413, detail, {"Connection": "close"})
+    def too_large(self) -> ServiceError:
+        return BodyTooLarge(
+            f"The request body is larger than the {self.max_bytes / 1e6:g} MB limit; send a smaller image."
+        )
 
-    def too_slow(self) -> HTTPException:
-        detail = f"The request body did not arrive within {self.max_seconds:g} s; send it again on a faster connection."
-        return HTTPException(408, detail, {"Connection": "close"})
+    def too_slow(self) -> ServiceError:
+        return BodyTooSlow(
+            f"The request body did not arrive within {self.max_seconds:g} s; send it again on a faster connection."
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,8 +207,7 @@ class BodyLimits:
             return
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
-            error = self.too_large()
-            await JSONResponse({"detail": error.detail}, error.status_code, error.headers)(scope, receive, send)
+            await error_response(self.too_large())(scope, receive, send)
             return
         received, complete = 0, False
         deadline = asyncio.get_running_loop().time() + self.max_seconds
@@ -114,3 +228,26 @@ class BodyLimits:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class OneLineStartupFailure:
+    """A StartupError ends startup with its one-line message, not a traceback.
+
+    The lifespan logs the line itself and marks the app (`state.startup_error`); Starlette would otherwise
+    send uvicorn the whole traceback text as the failure message.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_traceback(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and getattr(scope["app"].state, "startup_error", None):
+                message = {**message, "message": ""}  # uvicorn then prints only "Application startup failed."
+            await send(message)
+
+        await self.app(scope, receive, send_without_traceback)

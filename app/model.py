@@ -69,11 +69,16 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def verify_card(path: Path, digest: str) -> dict[str, Any] | None:
-    """The card beside the checkpoint, if any, must name this file's sha256 (else it was swapped or tampered)."""
+def verify_card(path: Path, digest: str, allow_missing: bool) -> dict[str, Any] | None:
+    """The card beside the checkpoint must name this file's sha256 (else it was swapped or tampered)."""
     card_path = path.with_suffix(".json")
     if not card_path.is_file():
-        log.warning("no model card at %s: cannot verify the checkpoint's sha256", card_path)
+        if not allow_missing:
+            raise StartupError(
+                f"Model card {card_path} not found, so the checkpoint cannot be verified; restore it, retrain with "
+                "`make train`, or set DIGITSUM_ALLOW_MISSING_CARD=true to serve it unverified."
+            )
+        log.warning("no model card at %s: serving the checkpoint unverified (DIGITSUM_ALLOW_MISSING_CARD)", card_path)
         return None
     try:
         card = json.loads(card_path.read_text())
@@ -90,17 +95,17 @@ def verify_card(path: Path, digest: str) -> dict[str, Any] | None:
 class Model:
     """A loaded checkpoint on its device; `predict` runs one batch."""
 
-    def __init__(self, path: Path, device: DeviceChoice) -> None:
+    def __init__(self, path: Path, device: DeviceChoice, allow_missing_card: bool = False) -> None:
         if not path.is_file():
             raise StartupError(f"Checkpoint {path} not found; set DIGITSUM_MODEL_PATH or run `make train`.")
-        self.path, self.device = path, device
+        self.path, self.device, self.device_reason = path, device.device, device.reason
         self.sha256 = sha256_of(path)
-        verify_card(path, self.sha256)
+        verify_card(path, self.sha256, allow_missing_card)
         extra = {METADATA_FILE: ""}
         try:
             with warnings.catch_warnings():  # this torch deprecates TorchScript; the checkpoint format is ours
                 warnings.simplefilter("ignore", FutureWarning)
-                self.module = torch.jit.load(str(path), map_location=device.device, _extra_files=extra)
+                self.module = torch.jit.load(str(path), map_location=self.device, _extra_files=extra)
             self.metadata: dict[str, Any] = json.loads(extra[METADATA_FILE])
         except (RuntimeError, ValueError, OSError) as exc:
             raise StartupError(f"Checkpoint {path} is not a readable DigitSum TorchScript file ({exc}).") from None
@@ -113,9 +118,9 @@ class Model:
         # chosen on training images held out of training (training/calibrate.py), never on the test split
         self.low_confidence_threshold = float(calibration.get("low_confidence_threshold", UNCALIBRATED_THRESHOLD))
         self.module.eval()
-        if device.device.type == "cpu":  # oneDNN's NHWC convolutions: 2.3x the images/s at batch 64, same outputs
+        if self.device.type == "cpu":  # oneDNN's NHWC convolutions: faster, same outputs (serve.md)
             self.module.to(memory_format=torch.channels_last)
-        else:  # TF32 convolutions moved probabilities by up to 1.3e-3 on an H200; this network is too small to need it
+        else:  # TF32 moved probabilities measurably (README, GPU); too small a network to need it
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
 
@@ -126,10 +131,10 @@ class Model:
         # (up to 5 ms each under load), so on the CPU the forward is the only torch call: the rest is numpy.
         batch = torch.from_numpy(images[:, None])  # (B, 1, 28, 28)
         number_batch = torch.from_numpy(np.asarray(numbers, dtype=np.int64))  # (B,)
-        if self.device.device.type != "cpu":
-            batch, number_batch = batch.to(self.device.device), number_batch.to(self.device.device)
+        if self.device.type != "cpu":
+            batch, number_batch = batch.to(self.device), number_batch.to(self.device)
         digit_lp, sum_lp = self.module(batch, number_batch)
-        if self.device.device.type != "cpu":
+        if self.device.type != "cpu":
             digit_lp, sum_lp = digit_lp.cpu(), sum_lp.cpu()
         digit_p, sum_p = np.exp(digit_lp.numpy()), np.exp(sum_lp.numpy())  # (B, 10), (B, 19)
         answers = []
@@ -141,9 +146,9 @@ class Model:
     def describe(self) -> dict[str, Any]:
         """The card for GET /model."""
         return {
-            "path": str(self.path),
+            "file": self.path.name,  # not the path: a client learns nothing about the host's layout
             "sha256": self.sha256,
-            "device": str(self.device.device),
-            "device_reason": self.device.reason,
+            "device": str(self.device),
+            "device_reason": self.device_reason,
             "metadata": self.metadata,
         }

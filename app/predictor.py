@@ -1,4 +1,4 @@
-"""The model behind a micro-batcher, with warm-up, self-test and readiness."""
+"""The model behind a decoder and a micro-batcher, with warm-up, self-test and readiness."""
 
 from __future__ import annotations
 
@@ -7,26 +7,22 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 import numpy as np
 
-from app.batching import MicroBatcher, Timed
+from app.batching import BatcherClosed, BatchFailed, BatchTimeout, MicroBatcher, QueueFull, TimedResult
+from app.decoder import DecodeLimits, Decoder
+from app.errors import TimedOut, Unavailable
 from app.metrics import BatchMetrics
 from app.middleware import request_id
 from app.model import Model, Prediction
-from app.preprocess import open_upload, preprocess, preprocess_opened
 from app.settings import Settings
 
 log = logging.getLogger("digitsum")
 
-SELF_TEST_IMAGE = Path(__file__).parent / "assets" / "selftest-7.png"  # a real test-split 7, dark ink on paper
-SELF_TEST_NUMBER, SELF_TEST_DIGIT = 2, 7
-SELF_TEST_MAX_PIXELS = 1_000_000  # the image is 128x112
-# Thumbnails are preprocessed on the event loop: an MNIST-sized image takes ~0.4 ms, less than handing it to a
-# thread and back costs in CPU and GIL traffic (benchmarks/results/serve.md). The byte cap bounds what a crafted
-# small file can cost there (a PNG of zTXt bombs: ~4 ms); anything bigger goes to a decoding thread.
-INLINE_MAX_PIXELS = 64 * 64
-INLINE_MAX_BYTES = 4096
+ASSETS = Path(__file__).parent / "assets"
+# (file, number to add, digit it shows): a photo-like 7 from the test split and three training-split digits
+# on paper, so a model that always answers the same digit, or a wrong sum, never becomes ready.
+SELF_TEST = [("selftest-7.png", 2, 7), ("selftest-0.png", 9, 0), ("selftest-3.png", 4, 3), ("selftest-8.png", 1, 8)]
 
 
 @dataclass(frozen=True)
@@ -37,7 +33,7 @@ class Job:
 
 
 class Predictor:
-    """Serves `predict(image, number)` through one batched forward pass for concurrent callers."""
+    """Serves `decode` and `predict(image, number)`, the latter batched across concurrent callers."""
 
     def __init__(self, model: Model, settings: Settings) -> None:
         self.model, self.settings = model, settings
@@ -48,11 +44,35 @@ class Predictor:
             max_queue=settings.max_queue,
             observer=BatchMetrics(),
         )
-        # Few decoding threads, not anyio's default 40: they share one GIL, and 40 of them only fight over it and
-        # serve requests out of order (when every upload went through them: p99 200-242 ms with 2, 277-326 with 40).
-        self.decode_limiter = anyio.CapacityLimiter(settings.decode_threads)
+        limits = DecodeLimits(settings.max_pixels, settings.decode_cpu_s, settings.decode_memory_mb * 2**20)
+        self.decoder = Decoder(limits, settings.decode_processes, settings.max_queue)
         self.ready = False
         self.status = "loading the model"
+
+    def deadline(self) -> float:
+        """When a request arriving now must be answered by (event loop clock): decoding and the model share it."""
+        return asyncio.get_running_loop().time() + self.settings.request_timeout_s
+
+    def require_ready(self) -> None:
+        if not self.ready:
+            raise Unavailable(f"The model is not ready yet ({self.status}); retry shortly.")
+
+    async def decode(self, data: bytes, deadline: float) -> np.ndarray:
+        """Upload bytes -> (28, 28) float32 in [0, 1] (app/decoder.py says where and within which limits)."""
+        return await self.decoder.decode(data, deadline)
+
+    async def predict(self, image: np.ndarray, number: int, deadline: float) -> TimedResult[Prediction]:
+        timeout_s = max(0.0, deadline - asyncio.get_running_loop().time())
+        try:
+            return await self.batcher.submit_timed(Job(image, number, request_id.get()), timeout_s=timeout_s)
+        except QueueFull as exc:
+            raise Unavailable(
+                "The service is at capacity; retry shortly.", {"Retry-After": str(exc.retry_after_s)}
+            ) from None
+        except BatchTimeout:
+            raise TimedOut("The model could not answer in time; retry shortly.") from None
+        except (BatchFailed, BatcherClosed):
+            raise Unavailable("The model failed on this request's batch; retry shortly.") from None
 
     def _run_batch(self, jobs: list[Job]) -> list[Prediction]:
         try:
@@ -65,50 +85,42 @@ class Predictor:
             )
             raise
 
-    async def decode(self, data: bytes) -> np.ndarray:
-        """Upload bytes -> (28, 28) float32 in [0, 1]; anything bigger than a thumbnail in a worker thread."""
-        if len(data) > INLINE_MAX_BYTES:
-            return await anyio.to_thread.run_sync(
-                preprocess, data, self.settings.max_pixels, limiter=self.decode_limiter
-            )
-        image = open_upload(data, self.settings.max_pixels)  # the header only: format and size, no pixels yet
-        if image.width * image.height > INLINE_MAX_PIXELS:
-            return await anyio.to_thread.run_sync(preprocess_opened, image, limiter=self.decode_limiter)
-        return preprocess_opened(image)
-
-    async def predict(self, image: np.ndarray, number: int) -> Timed[Prediction]:
-        job = Job(image, number, request_id.get())
-        return await self.batcher.submit_timed(job, timeout_s=self.settings.request_timeout_s)
-
     async def start(self) -> None:
+        await self.decoder.start()
         await self.batcher.start()
 
     async def stop(self) -> None:
-        """Answer everything already accepted, then stop the worker."""
+        """Answer everything already accepted, then stop the workers."""
         self.ready, self.status = False, "shutting down"
         await self.batcher.stop(drain=True)
+        await self.decoder.stop()
 
     async def warm_up_and_self_test(self) -> None:
-        """Run the shapes we will serve once, then demand the right answer on a known image."""
+        """Run the shapes we will serve once, then demand the right answers on known images."""
         try:
-            result = await self._warm_up_and_predict_self_test()
+            failure = await self._warm_up_and_self_test()
         except Exception as exc:  # e.g. out of memory at the largest batch: stay not-ready, and say why
             self.status = f"warm-up failed: {type(exc).__name__}: {exc}"
             log.exception("not ready: %s", self.status)
             return
-        if (result.digit, result.sum) != (SELF_TEST_DIGIT, SELF_TEST_DIGIT + SELF_TEST_NUMBER):
-            self.status = f"self-test failed: expected digit {SELF_TEST_DIGIT}, sum 9; got {result.digit}, {result.sum}"
+        if failure:
+            self.status = f"self-test failed: {failure}"
             log.error("not ready: %s", self.status)
             return
         self.ready, self.status = True, "ready"
-        log.info("ready: self-test passed on %s", self.model.device.device)
+        log.info("ready: self-test passed on %s", self.model.device.type)
 
-    async def _warm_up_and_predict_self_test(self) -> Prediction:
+    async def _warm_up_and_self_test(self) -> str | None:
+        """None if every self-test image gives its digit and sum, else what went wrong."""
         self.status = "warming up"
         blank = np.zeros((28, 28), np.float32)
         for size in sorted({1, 2, self.settings.max_batch_size}):
             await asyncio.to_thread(self._run_batch, [Job(blank, 0)] * size)
         self.status = "self-test"
-        # The pixel cap is for clients' uploads, so a small DIGITSUM_MAX_PIXELS must not fail our own image.
-        image = await asyncio.to_thread(preprocess, SELF_TEST_IMAGE.read_bytes(), SELF_TEST_MAX_PIXELS)
-        return (await self.predict(image, SELF_TEST_NUMBER)).value
+        for name, number, digit in SELF_TEST:
+            deadline = asyncio.get_running_loop().time() + 60  # the first upload waits for a decoder process to start
+            image = await self.decode((ASSETS / name).read_bytes(), deadline)
+            got = (await self.predict(image, number, deadline)).value
+            if (got.digit, got.sum) != (digit, digit + number):
+                return f"{name}: expected digit {digit}, sum {digit + number}; got {got.digit}, {got.sum}"
+        return None

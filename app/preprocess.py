@@ -6,7 +6,7 @@ centre. Users send photos and scans of dark ink on paper, canvas drawings with t
 CMYK files, EXIF-rotated JPEGs, digits of any size anywhere, so before those two MNIST steps every
 upload is brought to "bright digit on a black, noise-free background":
 
-    decode (size checked from the header; JPEG at a reduced DCT scale) -> grey in [0, 1], <= 512 px,
+    decode (app/upload.py: checked from the header; JPEG at a reduced DCT scale) -> grey in [0, 1], <= 512 px,
     transparency composited -> minus the background (a quadratic through the border) -> polarity
     (digit bright) -> find the digit at 64 px -> crop and zero the noise at <= 80 px -> widen
     ballpoint-thin strokes -> fit into 20x20 -> centre of mass at the centre of 28x28
@@ -18,21 +18,17 @@ isolated specks some MNIST images carry are dropped.
 
 from __future__ import annotations
 
-import io
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-ALLOWED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"})
+from app.upload import NoDigitFound, UnsupportedImage, decode_pixels, open_checked
 
 SIDE = 28  # MNIST field...
 BOX = 20  # ...and the box the digit is fitted into
 CENTRE = 14.0  # MNIST's centre of mass in pixel-index coordinates (14.0 +- 0.3 on the test split)
 WORK_SIDE = 512  # long side for the whole-image steps: a digit keeps ~100s of px, each step stays ~1 ms
-JPEG_DRAFT_SIDE = 384  # JPEGs decode at the DCT scale (1/2..1/8) keeping this short side: a 10% digit spans ~40 px
 COARSE_SIDE = 64  # digit detection: 8x8 averaging at 512 px drowns noise, texture and specks
 DIGIT_SIDE = 4 * BOX  # crop resolution for thresholding: 4x the output still resolves every edge
 THUMB_SIDE = 64  # the background is fitted to the border of a 64x64 thumbnail: averaged, so its samples are quiet
@@ -46,92 +42,10 @@ MAD_TO_SIGMA = 1.4826  # median absolute deviation -> standard deviation for Gau
 MNIST_STROKE = 2.7  # MNIST's median stroke width in output pixels...
 THIN_STROKE = 1.8  # ...and its 5th percentile: a ballpoint photo is far thinner, and unlike anything trained on
 
-_SEND = "send a PNG, JPEG, WebP, BMP, GIF or TIFF image"
-
-
-class ImageError(ValueError):
-    """Base class; str(exc) is ONE human sentence suitable as an HTTP 'detail'."""
-
-
-class UnsupportedImage(ImageError):
-    """Empty, not an image, a format not allowed, corrupt or truncated, or several frames (415)."""
-
-
-class ImageTooLarge(ImageError):
-    """More pixels than allowed, judged from the header before anything is decoded (413)."""
-
-
-class NoDigitFound(ImageError):
-    """Decoded fine, but nothing digit-like stands out from the background (422)."""
-
 
 def preprocess(data: bytes, max_pixels: int) -> np.ndarray:
     """Upload bytes -> (28, 28) float32 in [0, 1], white digit on black, centred like MNIST."""
-    return preprocess_opened(open_upload(data, max_pixels))
-
-
-def preprocess_opened(image: Image.Image) -> np.ndarray:
-    """What open_upload returned -> (28, 28) float32, as preprocess: its pixels are decoded now."""
-    return to_mnist(load(image))
-
-
-def decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Open, check and fully load an upload, upright per its EXIF orientation; only ImageError escapes."""
-    return load(open_upload(data, max_pixels))
-
-
-def open_upload(data: bytes, max_pixels: int) -> Image.Image:
-    """Parse the header only: format, size and frame count are checked before any pixel is decoded.
-
-    Cheap (tens of microseconds) whatever the image's size, so a caller can decide where to decode it.
-    """
-    if not data:
-        raise UnsupportedImage(f"The upload is empty; {_SEND}.")
-    with _as_image_error(max_pixels):
-        return _open_checked(data, max_pixels)
-
-
-def load(image: Image.Image) -> Image.Image:
-    """Decode an opened upload's pixels, upright per its EXIF orientation.
-
-    A large JPEG comes back decoded at 1/2..1/8 scale in grey (Pillow's draft): the digit needs far
-    fewer pixels than a photo has, and the decode is several times faster.
-    """
-    with _as_image_error():
-        image.draft("L", (JPEG_DRAFT_SIDE, JPEG_DRAFT_SIDE))  # no-op except for JPEG
-        image.load()
-        ImageOps.exif_transpose(image, in_place=True)
-    return image
-
-
-@contextmanager
-def _as_image_error(max_pixels: int | None = None) -> Iterator[None]:
-    """Only ImageError escapes: whatever Pillow raises on a hostile or broken file becomes one."""
-    try:
-        yield
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # the warning if -W error
-        limit = f"; the limit is {max_pixels:,} pixels" if max_pixels else ""
-        raise ImageTooLarge(f"The image is too large to decode safely{limit}.") from exc
-    except UnidentifiedImageError as exc:
-        raise UnsupportedImage(f"The upload is not an image in an accepted format; {_SEND}.") from exc
-    except Exception as exc:  # malformed data makes decoders raise OSError, SyntaxError, struct.error, IndexError...
-        raise UnsupportedImage("The image data is corrupt or truncated; send the complete file.") from exc
-
-
-def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
-    """Image.open only parses the header, so size and frame count are checked before any pixel is decoded."""
-    image = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageTooLarge(
-            f"The image has {width * height:,} pixels ({width}x{height}), more than the limit of {max_pixels:,}."
-        )
-    # A camera's MPO is a JPEG whose first frame is the photo (the others are previews): keep it.
-    if image.format != "MPO" and getattr(image, "is_animated", False):
-        raise UnsupportedImage("The image is animated or has several pages; send a single frame.")
-    return image
+    return to_mnist(decode_pixels(open_checked(data, max_pixels)))
 
 
 def to_mnist(image: Image.Image) -> np.ndarray:
@@ -164,8 +78,10 @@ def _grayscale(image: Image.Image) -> np.ndarray:
         if image.mode != "RGB":
             image = image.convert("L")  # 1, P, CMYK, YCbCr: Pillow resizes none of them by area
         return np.asarray(_shrink(image).convert("L"), dtype=np.float32) / 255
-    except ValueError as exc:  # a pixel mode Pillow cannot turn into grey (LAB, HSV)
-        raise UnsupportedImage(f"The image's colour mode {image.mode} is not supported; {_SEND}.") from exc
+    except ValueError:  # a pixel mode Pillow cannot turn into grey (LAB, HSV)
+        raise UnsupportedImage(
+            f"The image's colour mode {image.mode} is not supported; send a PNG, JPEG, WebP, BMP, GIF or TIFF image."
+        ) from None
 
 
 def _wide_to_float(image: Image.Image) -> Image.Image:

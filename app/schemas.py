@@ -29,6 +29,17 @@ class PredictionOut(BaseModel):
     )
 
 
+class BatchItemOut(BaseModel):
+    index: int = Field(ge=0, description="the image's position in the request, from 0")
+    status: int = Field(description="200, or the status this image alone would have got (413, 415, 422, 503, 504)")
+    prediction: PredictionOut | None = Field(None, description="the answer, when status is 200")
+    detail: str | None = Field(None, description="one sentence saying what went wrong, when status is not 200")
+
+
+class BatchOut(BaseModel):
+    results: list[BatchItemOut] = Field(description="one per image, in the order they were sent")
+
+
 class ErrorOut(BaseModel):
     detail: str = Field(examples=["number must be an integer from 0 to 9."])
 
@@ -39,7 +50,7 @@ class ReadyOut(BaseModel):
 
 
 class ModelOut(BaseModel):
-    path: str
+    file: str = Field(description="the checkpoint's file name", examples=["digitsum.pt"])
     sha256: str
     device: str = Field(examples=["cuda"])
     device_reason: str

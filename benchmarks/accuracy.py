@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from app.model import DeviceChoice, Model
-from app.preprocess import ImageError, preprocess
+from app.preprocess import preprocess
 from app.settings import DEFAULT_MODEL
+from app.upload import ImageError
 from tests.support.digits import load_sample
 from tests.support.service import ROOT, png_bytes
 from tests.support.uploads import user_style_uploads
@@ -142,7 +143,7 @@ def main() -> None:
         "user-style uploads of the test split": score(
             model, np.stack([preprocess(u[0], MAX_PIXELS) for u in uploads]), test.labels, threshold
         ),
-        "drawn on the page (held-out training strokes)": score(model, drawn_pixels, drawn_labels, threshold),
+        "drawn on the page (strokes of 400 training images)": score(model, drawn_pixels, drawn_labels, threshold),
     }
     result = {
         "model": args.model.name,
@@ -175,7 +176,7 @@ def report(r: dict) -> str:  # type: ignore[type-arg]
             f"| {s['heads_disagree']} | {s['ece_uncalibrated']:.4f} | {s['ece']:.4f} | {pct(s['flagged_errors'])} "
             f"| {pct(s['flagged_right'])} |"
         )
-    drawn = r["sets"]["drawn on the page (held-out training strokes)"]
+    drawn = r["sets"]["drawn on the page (strokes of 400 training images)"]
     lines += [
         "",
         "Drawn digits, accuracy per digit: " + ", ".join(f"{d}: {pct(v)}" for d, v in drawn["per_digit"].items()),

@@ -3,8 +3,8 @@
     python -m benchmarks.drawn_set                 # data/drawn/: 600 digits + 100 non-digits (20 min on 2 busy cores)
     python -m benchmarks.drawn_set --digits 200    # a quicker, smaller set
 
-Digits: the pen paths (skeletons) of the 400 training images that training holds out for calibration
-(the last 40 of each digit of the sample's training split: never trained on, never test data), each
+Digits: the pen paths (skeletons) of the 400 training images that `--holdout-per-digit 40` holds out for
+calibration (the last 40 of each digit of the sample's training split; never test data), each
 replayed with the mouse at 1-2 random sizes (25-85% of the canvas) and positions, so the page's fixed
 brush makes strokes thin to thick. Non-digits: letters, shapes and scribbles drawn the same way. What the
 page uploads on Predict (its canvas PNG) is saved as data/drawn/{digits,other}/NNNN-LABEL.png.

@@ -50,8 +50,9 @@ def main(paths: list[Path]) -> None:
         flags = {k: v for k, v in config.items() if k in ("drawn_share", "epochs", "width", "holdout_per_digit")}
         held = accuracy(model, images.astype(np.float32) / 255, labels)
         on_drawn = accuracy(model, drawn, drawn_labels)
+        seen = " (trained on them)" if not config.get("holdout_per_digit") else ""  # no hold-out: these trained it
         lines.append(
-            f"| {path} | {json.dumps(flags)} | {100 * held:.2f}% | {100 * on_drawn:.2f}% "
+            f"| {path} | {json.dumps(flags)} | {100 * held:.2f}%{seen} | {100 * on_drawn:.2f}%{seen} "
             f"| {50 * (held + on_drawn):.2f}% | {model.metadata['training']['seconds']} |"
         )
     RESULTS.write_text("\n".join(lines) + "\n")

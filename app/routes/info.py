@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter, Response
 
 from app.dependencies import PredictorDep
@@ -20,5 +21,5 @@ async def model_card(predictor: PredictorDep) -> ModelOut:
 @router.get("/metrics", response_class=Response)
 async def metrics() -> Response:
     """Prometheus metrics: latency by route and status, queue wait, batch sizes, inference time, in-flight."""
-    body, content_type = render()
+    body, content_type = await anyio.to_thread.run_sync(render)  # ~ms per scrape: not on the event loop
     return Response(body, media_type=content_type)

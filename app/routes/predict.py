@@ -1,48 +1,85 @@
-"""POST /predict: decode (bytes -> 28x28) -> predict (batched network) -> encode (JSON)."""
+"""POST /predict and /predict/batch: decode (bytes -> 28x28) -> predict (batched network) -> encode (JSON)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import time
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from PIL import Image
+from pydantic import Field
 
-from app.batching import BatcherClosed, BatchFailed, BatchTimeout, QueueFull, Timed
 from app.dependencies import PredictorDep, SettingsDep
-from app.metrics import DECODE_SECONDS, REJECTED
+from app.errors import InvalidField, NotAForm, ServiceError
+from app.handlers import FieldHelp, explains_fields, send_form
+from app.metrics import DECODE_SECONDS
 from app.model import Prediction
 from app.predictor import Predictor
-from app.preprocess import ImageError, ImageTooLarge, NoDigitFound
-from app.schemas import ErrorOut, PredictionOut
-from app.validation import one_form
+from app.schemas import BatchItemOut, BatchOut, ErrorOut, PredictionOut
+from app.settings import Settings
 
 router = APIRouter(tags=["prediction"])
+
+MODEL_HEADER = "X-Model-SHA256"  # the first 12 hex digits of the checkpoint's sha256: watch a rollout from outside
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")  # the bodies FastAPI reads as a form
 
 ImageField = Annotated[
     UploadFile, File(description="A picture of one handwritten digit: PNG, JPEG, WEBP, BMP, GIF or TIFF.")
 ]
 NumberField = Annotated[int, Form(ge=0, le=9, description="An integer from 0 to 9 to add to the digit.", examples=[3])]
+ImagesField = Annotated[list[UploadFile], File(description="Pictures of handwritten digits, one file field each.")]
+NumbersField = Annotated[
+    list[Annotated[int, Field(ge=0, le=9)]],
+    Form(description="One integer 0-9 per image, in the same order; or a single one for every image.", examples=[3]),
+]
 DebugQuery = Annotated[bool, Query(description="Also return the 28x28 image the network saw.")]
+
+IMAGE = FieldHelp(send="the picture as a multipart/form-data file field named 'image'", kind="a file upload "
+                  "(multipart/form-data with a filename)")  # fmt: skip
+NUMBER = FieldHelp(send="an integer from 0 to 9 as the form field 'number'", kind="an integer from 0 to 9")
+IMAGES = FieldHelp(send="each picture as a file field named 'images'", kind="file uploads (multipart/form-data)")
+NUMBERS = FieldHelp(send="one integer 0-9 per image as fields named 'numbers'", kind="integers from 0 to 9")
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorOut, "description": text}
     for code, text in [
         (400, "The body is not a well-formed multipart/form-data form"),
         (408, "The body did not arrive within the upload time limit"),
-        (413, "Body over the upload cap, or image over the pixel cap"),
+        (413, "Body over the upload cap, or an image over the pixel, memory or CPU cap of decoding"),
         (415, "The body is not a form, or the image is not a decodable single frame of an allowed format"),
         (422, "A field is missing, invalid or repeated, or no digit was found in the image"),
         (503, "Not ready, overloaded (see Retry-After) or the forward pass failed"),
-        (504, "The model could not answer in time"),
+        (504, "The image or the model could not be processed in time"),
     ]
 }
 
 
-@router.post("/predict", response_model=PredictionOut, responses=ERRORS, dependencies=[Depends(one_form)])
+def form_with(*single: str) -> Depends:  # type: ignore[valid-type]
+    """A dependency: 415 unless the body is a form; 422 when one of the `single` fields comes more than once.
+
+    FastAPI has already parsed the form (request.form() is cached): it would read a JSON body as an empty
+    form and report missing fields, and it silently keeps the last of repeated fields.
+    """
+
+    async def check(request: Request) -> None:
+        content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if content_type not in FORM_TYPES:
+            got = f"The body is {content_type}, not a form" if content_type else "The request has no Content-Type"
+            raise NotAForm(f"{got}; {send_form(request)}.")
+        form = await request.form()
+        for name in single:
+            if (count := len(form.getlist(name))) > 1:
+                raise InvalidField(f"{name} was sent {count} times; send it once.")
+
+    return Depends(check)
+
+
+@router.post("/predict", response_model=PredictionOut, responses=ERRORS, dependencies=[form_with("image", "number")])
+@explains_fields("multipart/form-data with the file field 'image' and the field 'number'", image=IMAGE, number=NUMBER)
 async def predict(
     image: ImageField,
     number: NumberField,
@@ -52,48 +89,65 @@ async def predict(
     debug: DebugQuery = False,
 ) -> PredictionOut:
     """Recognise the handwritten digit and add the number; digit and sum both come from the network."""
-    if not predictor.ready:
-        raise HTTPException(
-            503, f"The model is not ready yet ({predictor.status}); retry shortly.", {"Retry-After": "1"}
-        )
+    predictor.require_ready()
+    deadline = predictor.deadline()
     start = time.perf_counter()
-    pixels = await decode(image, predictor)
+    pixels = await predictor.decode(await image.read(), deadline)
     decoded = time.perf_counter()
-    timed = await infer(predictor, pixels, number)
     DECODE_SECONDS.observe(decoded - start)
+    timed = await predictor.predict(pixels, number, deadline)
+    response.headers[MODEL_HEADER] = predictor.model.sha256[:12]
     response.headers["Server-Timing"] = (
         f"decode;dur={(decoded - start) * 1000:.2f}, queue;dur={timed.queue_s * 1000:.2f}, "
         f"inference;dur={timed.inference_s * 1000:.2f}"
     )
-    threshold = predictor.model.low_confidence_threshold if settings.low_confidence is None else settings.low_confidence
-    return encode(timed.value, number, threshold, pixels if debug else None)
+    return encode(timed.value, number, low_confidence_threshold(settings, predictor), pixels if debug else None)
 
 
-async def decode(image: UploadFile, predictor: Predictor) -> np.ndarray:
-    """Upload -> (28, 28) float32, MNIST-style, off the event loop so a big photo stalls no one else."""
-    data = await image.read()
+def low_confidence_threshold(settings: Settings, predictor: Predictor) -> float:
+    """DIGITSUM_LOW_CONFIDENCE when set, else the threshold calibrated into the model's card."""
+    return predictor.model.low_confidence_threshold if settings.low_confidence is None else settings.low_confidence
+
+
+@router.post(
+    "/predict/batch", response_model=BatchOut, responses=ERRORS, dependencies=[form_with()], tags=["prediction"]
+)
+@explains_fields("multipart/form-data with file fields 'images' and fields 'numbers'", images=IMAGES, numbers=NUMBERS)
+async def predict_batch(
+    images: ImagesField, numbers: NumbersField, predictor: PredictorDep, settings: SettingsDep, response: Response
+) -> BatchOut:
+    """Many images in one request, answered in order; each item has its own result or its own error."""
+    predictor.require_ready()
+    if len(images) > settings.max_batch_size:
+        raise InvalidField(f"images has {len(images)} files; send at most {settings.max_batch_size} per request.")
+    if len(numbers) not in (1, len(images)):
+        raise InvalidField(
+            f"numbers has {len(numbers)} values for {len(images)} images; send one per image, or a single one for all."
+        )
+    numbers = numbers * len(images) if len(numbers) == 1 else numbers
+    deadline = predictor.deadline()
+    uploads = [await image.read() for image in images]
+    results = await asyncio.gather(
+        *(one_item(predictor, data, number, deadline) for data, number in zip(uploads, numbers, strict=True))
+    )
+    response.headers[MODEL_HEADER] = predictor.model.sha256[:12]
+    threshold = low_confidence_threshold(settings, predictor)
+    return BatchOut(
+        results=[
+            BatchItemOut(index=i, status=200, prediction=encode(result, number, threshold, None))
+            if isinstance(result, Prediction)
+            else BatchItemOut(index=i, status=result.status_code, detail=result.detail)
+            for i, (result, number) in enumerate(zip(results, numbers, strict=True))
+        ]
+    )
+
+
+async def one_item(predictor: Predictor, data: bytes, number: int, deadline: float) -> Prediction | ServiceError:
+    """One image of a batch: its prediction, or the error it would have got alone (the others go on)."""
     try:
-        return await predictor.decode(data)
-    except ImageError as exc:
-        status = 413 if isinstance(exc, ImageTooLarge) else 422 if isinstance(exc, NoDigitFound) else 415
-        REJECTED.labels(type(exc).__name__).inc()
-        raise HTTPException(status, str(exc)) from None
-
-
-async def infer(predictor: Predictor, pixels: np.ndarray, number: int) -> Timed[Prediction]:
-    try:
-        return await predictor.predict(pixels, number)
-    except QueueFull as exc:
-        REJECTED.labels("queue_full").inc()
-        raise HTTPException(
-            503, "The service is at capacity; retry shortly.", {"Retry-After": str(exc.retry_after_s)}
-        ) from None
-    except BatchTimeout:
-        raise HTTPException(504, "The model could not answer in time; retry shortly.") from None
-    except (BatchFailed, BatcherClosed):
-        raise HTTPException(
-            503, "The model failed on this request's batch; retry shortly.", {"Retry-After": "1"}
-        ) from None
+        return (await predictor.predict(await predictor.decode(data, deadline), number, deadline)).value
+    except ServiceError as exc:
+        return exc
 
 
 def encode(result: Prediction, number: int, low_confidence: float, pixels: np.ndarray | None) -> PredictionOut:

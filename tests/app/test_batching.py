@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.batching import BatcherClosed, BatchFailed, BatchTimeout, MicroBatcher, QueueFull, Timed
+from app.batching import BatcherClosed, BatchFailed, BatchTimeout, MicroBatcher, QueueFull, TimedResult
 
 pytestmark = pytest.mark.anyio
 
@@ -148,7 +148,7 @@ async def test_submit_timed_reports_queue_and_inference_time() -> None:
     model = FakeModel()
     async with running(model) as batcher:
         timed = await batcher.submit_timed(3)
-    assert isinstance(timed, Timed)
+    assert isinstance(timed, TimedResult)
     assert (timed.value, timed.batch_size) == (30, 1)
     assert timed.queue_s >= 0 and timed.inference_s >= 0
 

@@ -225,6 +225,47 @@ class Good:
     number: int  # what the answer's `number` must be
 
 
+BAD += [
+    Bad(
+        "1,000-scan progressive JPEG",
+        lambda d: upload(hi.many_scans_jpeg(d, 1000), filename="d.jpg", content_type="image/jpeg"),
+        415,
+        phrase("progressive scans, more than the 64 accepted"),
+    ),
+    Bad("RLE8 BMP of 4096x4096 in 1 KB", lambda d: upload(hi.rle_bmp(4096, 4096)), 415, phrase("RLE-compressed BMP")),
+]
+
+
+def batch(*parts: tuple[str, bytes, str | None]) -> Request:
+    return fields(*parts)
+
+
+# The batch endpoint: what is wrong with the request as a whole is refused whole; a bad image fails alone
+# (tests/app/test_batch.py).
+BAD_BATCH = [
+    Bad(
+        "images as a text field",
+        lambda d: batch(("images", b"not a file", None), ("numbers", b"1", None)),
+        422,
+        "images must be file uploads (multipart/form-data), not a text field.",
+    ),
+    Bad(
+        "numbers as a file",
+        lambda d: batch(("images", png_bytes(d), "d.png"), ("numbers", b"1", "n.txt")),
+        422,
+        "numbers must be a plain form field holding integers from 0 to 9, not a file.",
+    ),
+    Bad(
+        "no numbers",
+        lambda d: batch(("images", png_bytes(d), "d.png")),
+        422,
+        "numbers is required: send one integer 0-9 per image as fields named 'numbers'.",
+    ),
+    Bad("JSON body", lambda d: raw(b'{"images": []}', "application/json"), 415, phrase("not a form")),
+    Bad("2000 files", lambda d: batch(*[("images", b"x", "x.png")] * 2000), 400, phrase("too many files")),
+]
+
+
 GOOD = [
     Good("16-bit greyscale PNG", lambda d: upload(hi.png16(d)), 3),
     Good("CMYK JPEG", lambda d: upload(hi.cmyk_jpeg(d), filename="d.jpg", content_type="image/jpeg"), 3),
@@ -396,3 +437,13 @@ def test_a_slow_upload_gets_408_in_bounded_time_without_blocking_others(
     assert detail == b'{"detail":"The request body did not arrive within 1 s; send it again on a faster connection."}'
     assert UPLOAD_TIMEOUT_S <= answered_s < UPLOAD_TIMEOUT_S + 5  # not before the deadline, and bounded
     assert len(others) == 3 and max(others) < started + answered_s, others  # all served while it trickled
+
+
+@pytest.mark.parametrize("case", BAD_BATCH, ids=[case.name for case in BAD_BATCH])
+def test_a_bad_batch_request_gets_its_4xx_and_a_sentence(
+    client: TestClient, digit: tuple[np.ndarray, int], case: Bad
+) -> None:
+    response = client.post("/predict/batch", **case.request(digit[0]))
+    detail = response.json()["detail"]
+    assert (response.status_code, is_a_sentence(detail)) == (case.status, True), detail
+    assert detail == case.detail if isinstance(case.detail, str) else case.detail.search(detail), detail

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from app.preprocess import (
+from app.preprocess import preprocess, to_mnist
+from app.upload import (
     ALLOWED_FORMATS,
     ImageError,
     ImageTooLarge,
     NoDigitFound,
     UnsupportedImage,
-    decode,
-    preprocess,
-    to_mnist,
+    decode_pixels,
+    open_checked,
 )
 from tests.support.digits import Sample
 
@@ -248,7 +248,7 @@ def test_isolated_specks_do_not_move_the_digit(digits: np.ndarray) -> None:
 
 def test_large_jpeg_is_decoded_at_a_reduced_scale() -> None:
     jpeg = encode(Image.new("RGB", (4000, 3000), (240, 240, 240)), "JPEG")
-    image = decode(jpeg, MAX_PIXELS)
+    image = decode_pixels(open_checked(jpeg, MAX_PIXELS))
     assert image.size == (1000, 750)  # DCT-scaled by 1/4, the most that keeps JPEG_DRAFT_SIDE (384) px
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.errors import StartupError
 from app.main import create_app
 from app.middleware import RequestIdFilter
-from app.settings import Settings
+from app.model import Model, choose_device
+from app.settings import Settings, get_settings
 from tests.support.service import ROOT, SHIPPED_MODEL
 
 FOREIGN, OURS = "https://evil.example", "https://digits.example"
@@ -74,3 +78,86 @@ def test_nothing_a_client_sends_is_unpickled() -> None:
     source = "\n".join(path.read_text() for path in (ROOT / "app").rglob("*.py"))
     assert not re.search(r"\bpickle\b|torch\.load\(|allow_pickle|(?<![.\w])(eval|exec)\(|yaml\.load\(", source)
     assert source.count("torch.jit.load(") == 1
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/predict-nowhere", "/docs", "/", "/static/app.js", "/openapi.json"])
+def test_every_answer_forbids_sniffing_and_framing(client: TestClient, path: str) -> None:
+    headers = client.get(path).headers
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+
+
+def test_the_page_keeps_its_own_content_security_policy(client: TestClient) -> None:
+    assert client.get("/").headers["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/model", "/", "/static/app.js", "/metrics"])
+def test_head_works_on_every_get_route_without_a_body(client: TestClient, path: str) -> None:
+    response = client.head(path)
+    assert response.status_code == 200 and response.content == b""
+    assert response.headers["content-length"] == str(len(client.get(path).content)) or path == "/metrics"
+
+
+def test_only_the_allowed_hosts_are_answered_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIGITSUM_ALLOWED_HOSTS", '["digits.example", "localhost"]')
+    client = app_client()
+    assert client.get("/healthz", headers={"Host": "digits.example"}).status_code == 200
+    assert client.get("/healthz", headers={"Host": "localhost:8000"}).status_code == 200
+    rebound = client.get("/model", headers={"Host": "attacker.example"})
+    assert rebound.status_code == 400
+    assert (
+        rebound.json()["detail"]
+        == "This service does not answer to the host 'attacker.example'; use its configured name."
+    )
+
+
+def test_the_model_card_shows_no_path_of_the_host(client: TestClient) -> None:
+    card = client.get("/model").text
+    assert str(ROOT) not in card and '"file":"digitsum.pt"' in card
+
+
+def test_metric_labels_stay_bounded_whatever_the_method_or_path(client: TestClient) -> None:
+    for method in ("BREW", "PROPFIND", "X" * 50):
+        client.request(method, "/healthz")
+    client.get("/static/app.js")
+    client.get("/no/such/path/12345")
+    metrics = client.get("/metrics").text
+    assert 'method="other"' in metrics and "BREW" not in metrics and "PROPFIND" not in metrics
+    assert 'route="/static/{path}",status="200"' in metrics.replace('method="GET",', "")
+    assert "12345" not in metrics
+
+
+def test_a_list_setting_that_is_not_json_stops_startup_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIGITSUM_CORS_ORIGINS", "notjson")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(StartupError) as error:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert str(error.value) == (
+        "Invalid setting DIGITSUM_CORS_ORIGINS: it must be a JSON list, e.g. '[\"https://example.org\"]'."
+    )
+
+
+def test_a_checkpoint_without_its_card_is_refused_unless_allowed(tmp_path: Path) -> None:
+    lone = tmp_path / "digitsum.pt"
+    lone.write_bytes(SHIPPED_MODEL.read_bytes())
+    with pytest.raises(StartupError, match="Model card .* not found, so the checkpoint cannot be verified"):
+        Model(lone, choose_device("cpu"))
+    assert (
+        Model(lone, choose_device("cpu"), allow_missing_card=True).sha256
+        == hashlib.sha256(lone.read_bytes()).hexdigest()
+    )
+
+
+def test_with_an_internal_port_metrics_and_model_are_served_there_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIGITSUM_INTERNAL_PORT", "9100")
+    public, internal = app_client(), TestClient(app_client().app, base_url="http://testserver:9100")
+    for path in ("/metrics", "/model"):
+        refused = public.get(path)
+        assert (refused.status_code, refused.json()["detail"]) == (404, f"There is nothing at {path} on this port.")
+    assert internal.get("/metrics").status_code == 200
+    assert public.get("/healthz").status_code == 200
+    assert internal.get("/healthz").status_code == 404  # the internal port serves nothing else

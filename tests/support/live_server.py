@@ -11,11 +11,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support import hostile_inputs as hi
 from tests.support.service import ROOT, SHIPPED_MODEL
 
 UVICORN = ("uvicorn", "app.main:app")
@@ -47,6 +48,61 @@ class LiveServer:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout_s: float = 90, after: int = 0) -> re.Match[str]:
+        """The first match of `pattern` in the log from character `after` on, once it is there."""
+        deadline = time.monotonic() + timeout_s
+        while not (match := re.compile(pattern, re.MULTILINE).search(self.log_text(), after)):
+            assert time.monotonic() < deadline, f"no {pattern!r} in the log after {timeout_s} s:\n{self.log_text()}"
+            time.sleep(0.1)
+        return match
+
+    def post_digit(self, png: bytes, number: int) -> tuple[int, str | None, bytes]:
+        """POST /predict on a new connection: (status, X-Model-SHA256, body); a 4xx/5xx is returned, not raised."""
+        body = hi.multipart([("image", png, "d.png"), ("number", str(number).encode(), None)])
+        headers = {"Content-Type": f"multipart/form-data; boundary={hi.BOUNDARY}"}
+        request = urllib.request.Request(self.url + "/predict", body, headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.headers.get("X-Model-SHA256"), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers.get("X-Model-SHA256"), error.read()
+
+    def worker_pids(self) -> list[int]:
+        """The launcher's worker processes (not multiprocessing's resource tracker)."""
+        pid = self.process.pid
+        children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return [child for child in children if b"spawn_main" in read_cmdline(child)]
+
+
+def until(condition: Callable[[], object], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
+def read_cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # it has just exited
+        return b""
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie left for its parent to reap."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def free_port() -> int:

@@ -1,4 +1,5 @@
-"""SIGTERM on real uvicorn: every request already in flight is answered, new connections are refused.
+"""SIGTERM on real uvicorn, and on `make run`'s launcher: every request already in flight is answered, new
+connections are refused, and the launcher kills a worker still running past the drain bound.
 
 50 clients each send the headers and half the body of a real test-split digit, and wait; once the server
 counts all 50 in flight, it gets SIGTERM; new connections must then be refused, and the 50 finish their
@@ -11,17 +12,18 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import signal
-import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support import hostile_inputs as hi
 from tests.support.digits import Sample
-from tests.support.live_server import LiveServer, live_server
+from tests.support.live_server import MAKE_RUN, UVICORN, LiveServer, alive, live_server, refused, until
 from tests.support.service import png_bytes
 
 IN_FLIGHT = 50
@@ -45,22 +47,17 @@ def upload_in_two_halves(
     return response.status, json.loads(response.read())
 
 
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-        return False
-    except ConnectionRefusedError:
-        return True
+# the drain bound: uvicorn's own flag, or DIGITSUM_DRAIN_TIMEOUT_S for app.serve (default 20 s)
+LAUNCHERS = {
+    "uvicorn": (UVICORN, ["--timeout-graceful-shutdown", "20", "--log-config", "app/log_config.json"]),
+    "make-run": (MAKE_RUN, ["--workers", "2"]),
+}
 
 
-def until(condition: Any, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
-def test_sigterm_answers_every_request_in_flight_and_refuses_new_ones(tmp_path: Path, sample: Sample) -> None:
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_sigterm_answers_every_request_in_flight_and_refuses_new_ones(
+    tmp_path: Path, sample: Sample, launcher: str
+) -> None:
     labels = [int(label) for label in sample.test.labels[:IN_FLIGHT]]
     bodies = [
         hi.multipart([("image", png_bytes(sample.test.images[k]), "d.png"), ("number", str(k % 10).encode(), None)])
@@ -68,8 +65,10 @@ def test_sigterm_answers_every_request_in_flight_and_refuses_new_ones(tmp_path: 
     ]
     halfway, go = threading.Barrier(IN_FLIGHT + 1), threading.Event()
     answers: dict[int, tuple[int, dict[str, Any]]] = {}
-    args = ["--timeout-graceful-shutdown", "20", "--log-config", "app/log_config.json"]
-    with live_server(tmp_path / "uvicorn.log", args=args) as server:
+    command, args = LAUNCHERS[launcher]
+    with live_server(tmp_path / "uvicorn.log", args=args, launcher=command) as server:
+        if launcher == "make-run":  # /readyz answered for one worker; the launcher says when both are
+            server.wait_for_log(r"INFO digitsum ready: 2 workers serving on ")
 
         def client(k: int) -> None:
             answers[k] = upload_in_two_halves(server, bodies[k], f"shutdown-{k}", halfway, go)
@@ -94,8 +93,28 @@ def test_sigterm_answers_every_request_in_flight_and_refuses_new_ones(tmp_path: 
     correct = sum(answers[k][1]["digit"] == labels[k] for k in range(IN_FLIGHT))
     assert correct >= IN_FLIGHT - 2  # the shipped model is ~99% accurate on the test split
     assert all(answers[k][1]["number"] == k % 10 for k in range(IN_FLIGHT))
-    assert exit_status == -signal.SIGTERM, log[-3000:]
     assert "Application shutdown complete." in log and "Finished server process" in log
     assert "Cancel" not in log and "Traceback" not in log
+    if launcher == "make-run":
+        assert exit_status == 0, log[-3000:]
+        assert log.count("drained and stopped") == 2 and "killing it" not in log
+        return
+    assert exit_status == -signal.SIGTERM, log[-3000:]
     for k in range(IN_FLIGHT):  # uvicorn's access log carries each request's id (app/log_config.json)
         assert re.search(rf'access \[shutdown-{k}\] 127\.0\.0\.1:\d+ "POST /predict HTTP/1\.1" 200', log), k
+
+
+def test_the_launcher_kills_a_worker_still_running_past_the_drain_bound(tmp_path: Path) -> None:
+    env = {"DIGITSUM_DRAIN_TIMEOUT_S": "1"}
+    with live_server(tmp_path / "serve.log", env, ["--workers", "2"], launcher=MAKE_RUN) as server:
+        server.wait_for_log(r"INFO digitsum ready: 2 workers serving on ")
+        stuck, other = server.worker_pids()
+        os.kill(stuck, signal.SIGSTOP)  # frozen: it cannot act on the SIGTERM to come
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=60)
+    log = server.log_text()
+    bound = "6 s after SIGTERM (DIGITSUM_DRAIN_TIMEOUT_S=1 + 5 s)"
+    assert f"ERROR digitsum worker {stuck} still running {bound}; killing it" in log
+    assert f"worker {stuck} stopped: it was killed by SIGKILL" in log
+    assert f"worker {other} drained and stopped" in log and log.count("killing it") == 1
+    assert not alive(stuck)
