@@ -36,7 +36,7 @@ class TrainConfig:
     )
     weight_decay: float = knob(5e-4, "AdamW decoupled weight decay; mild regularisation for a 4k-image data set")
     label_smoothing: float = knob(
-        0.05, "of the digit loss; keeps digit confidences calibrated for the service's thresholds"
+        0.05, "label smoothing of the digit loss; keeps its confidences calibrated for the service's thresholds"
     )
     width: int = knob(
         24, "channels of the first conv block (then 2x, 4x); the smallest that met the accuracy target in time"
@@ -51,7 +51,9 @@ class TrainConfig:
         "training images per digit kept out of training to calibrate on (0: no calibration); off by default: "
         "on the sample it costs test accuracy (benchmarks/results/recipes.md)",
     )
-    threads: int = knob(2, "intra-op threads; fixed, because the thread count changes float summation order")
+    threads: int = knob(
+        2, "intra-op threads (0: torch's default); fixed, because the thread count changes float summation order"
+    )
     seed: int = knob(0, "seeds weights, batch order, integer draws and augmentation: same seed, same metrics")
     device: Device = knob("auto", "auto: CUDA when available, else CPU")
     out: Path = knob(Path("models/digitsum.pt"), "the checkpoint; its card, history and plots go beside it")
@@ -65,9 +67,8 @@ class TrainConfig:
         )
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
-            parser.add_argument(
-                "--" + f.name.replace("_", "-"), help=f.metadata.get("help"), **_argparse_kind(f.default, hints[f.name])
-            )
+            why = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help text
+            parser.add_argument("--" + f.name.replace("_", "-"), help=why, **_argparse_kind(f.default, hints[f.name]))
         return parser
 
     @classmethod
