@@ -1,7 +1,8 @@
 """Prometheus metrics (GET /metrics). Module-level: one set per process, as prometheus-client expects.
 
-With several worker processes (`make run`, `python -m app.serve --workers N`), set PROMETHEUS_MULTIPROC_DIR to
-an empty directory: each process then writes its values there and any worker's /metrics adds them all up.
+With several worker processes (`make run`: `python -m app.serve`), each process writes its values to files in
+PROMETHEUS_MULTIPROC_DIR (the launcher makes a temporary one when it is not set) and any worker's /metrics adds
+them all up. Labels are bounded: routes are templates, unknown methods are "other" (app/middleware.py).
 """
 
 from __future__ import annotations

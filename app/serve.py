@@ -119,7 +119,12 @@ def metrics_dir(cleanup: ExitStack) -> None:
     exit, unless PROMETHEUS_MULTIPROC_DIR names one (which must then exist and be writable)."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path is None:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="digitsum-"))
+        try:
+            temporary = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="digitsum-metrics-"))
+        except OSError as exc:  # e.g. a read-only root filesystem without a writable /tmp
+            reason = f"cannot create a metrics directory ({exc})"
+            raise StartupError(f"{reason}; set PROMETHEUS_MULTIPROC_DIR or TMPDIR to a writable directory.") from None
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = temporary
     elif not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
         raise StartupError(
             f"PROMETHEUS_MULTIPROC_DIR={path} is not a writable directory; create it, or unset it for a temporary one."

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     # (benchmarks/results/serve.md measures what it costs)
     torch_threads: int = Field(1, ge=0, description="intra-op threads per worker process; 0: torch's default")
     decode_processes: int = Field(2, ge=1, le=64, description="decoder processes per worker, for all but thumbnails")
-    decode_cpu_s: float = Field(1.0, gt=0, le=60, description="CPU seconds one upload's decoding may take (else 413)")
+    decode_cpu_s: float = Field(0.8, gt=0, le=60, description="CPU seconds one upload's decoding may take (else 413)")
     decode_memory_mb: int = Field(300, ge=64, description="memory one upload's decoding may add (else 413)")
     low_confidence: float | None = Field(
         None,

@@ -357,44 +357,18 @@ def closed_by_server(sock: socket.socket) -> bool:
 
 def slowloris(port: int, count: int, seconds: float) -> tuple[Counter[str], list[str]]:
     """count connections that send a request line, then a header line every second, never finishing."""
-    results: Counter[str] = Counter()
-    sockets = []
-    for _ in range(count):
-        sock = raw_http.connect(port, timeout_s=seconds + 10)
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        sock.setblocking(False)
-        sockets.append(sock)
-    deadline = time.monotonic() + seconds
-    alive = list(sockets)
-    while alive and time.monotonic() < deadline:
-        for sock in list(alive):
-            try:
-                data = sock.recv(4096)
-                results[str(raw_http.parse(data, True).status or "closed without answer")] += 1
-                alive.remove(sock)
-                continue
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                results[type(exc).__name__] += 1
-                alive.remove(sock)
-                continue
-            try:
-                sock.send(b"X-Slow: a\r\n")
-            except OSError as exc:
-                results[type(exc).__name__] += 1
-                alive.remove(sock)
-        time.sleep(1)
-    results[f"still open after {seconds:g} s"] += len(alive)
-    for sock in sockets:
-        sock.close()
-    return results, []
+    return trickle(port, count, seconds, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-Slow: a\r\n")
 
 
 def slow_body(port: int, count: int, seconds: float) -> tuple[Counter[str], list[str]]:
     """count uploads that announce 4 MB and send 100 bytes a second."""
     head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={hi.BOUNDARY}"
             f"\r\nContent-Length: {4 * MB}\r\n\r\n--{hi.BOUNDARY}\r\n").encode()  # fmt: skip
+    return trickle(port, count, seconds, head, b"a" * 100)
+
+
+def trickle(port: int, count: int, seconds: float, head: bytes, piece: bytes) -> tuple[Counter[str], list[str]]:
+    """count connections that send `head`, then `piece` every second: what each got within `seconds`."""
     results: Counter[str] = Counter()
     sockets = []
     for _ in range(count):
@@ -418,7 +392,7 @@ def slow_body(port: int, count: int, seconds: float) -> tuple[Counter[str], list
                 alive.remove(sock)
                 continue
             try:
-                sock.send(b"a" * 100)
+                sock.send(piece)
             except OSError as exc:
                 results[type(exc).__name__] += 1
                 alive.remove(sock)

@@ -5,14 +5,17 @@ The inputs are built to split the digit distribution: weighted means of two test
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.model import decide
+from app.model import DeviceChoice, Model, decide
 from app.preprocess import preprocess
 from tests.support.digits import Sample
+from tests.support.fakes import ConstantDigit, write_checkpoint
 from tests.support.service import SHIPPED_MODEL, png_bytes
 
 
@@ -77,3 +80,15 @@ def test_every_answer_on_real_digits_is_consistent(client: TestClient, sample: S
             answer = client.post("/predict", files=files, data={"number": str(number)}).json()
             assert answer["sum"] == answer["digit"] + number
             assert answer["heads_agree"] or answer["low_confidence"]  # a split is always flagged
+
+
+@pytest.mark.parametrize(("calibration", "threshold"), [({"low_confidence_threshold": 0.83}, 0.83), (None, 0.6)])
+def test_the_service_uses_the_threshold_calibrated_into_the_card(
+    tmp_path: Path, calibration: dict[str, float] | None, threshold: float
+) -> None:
+    metadata: dict[str, object] = {"format_version": 1, "architecture": {"name": "ConstantDigit"}}
+    if calibration is not None:
+        metadata["calibration"] = calibration
+    path = write_checkpoint(ConstantDigit(3), tmp_path / "m.pt", metadata)
+    model = Model(path, DeviceChoice(torch.device("cpu"), "test"))
+    assert model.low_confidence_threshold == threshold
