@@ -9,11 +9,11 @@ See training/train.py for the result the default run reaches and how long it tak
 
 import os
 
-# Before torch loads OpenMP: idle threads sleep instead of spinning. On a shared 2-core machine (load ~10) a
-# training step took 2.3 s with spinning threads and 0.35 s with sleeping ones; the arithmetic is the same.
+# Before torch loads OpenMP: idle threads sleep instead of spinning, which on a busy shared machine makes
+# training steps several times faster; the arithmetic is the same.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Kernels are picked by instruction set, and each rounds differently: after one dry-run epoch, oneDNN limited to
-# AVX2 vs its AVX-512/AMX default moved weights by up to 2.2e-5, MKL's own choice by 2.5e-6 more. Pinning both
+# Kernels are picked by instruction set, and each rounds differently: oneDNN's AVX-512/AMX default and MKL's own
+# choice each move the weights away from an AVX2 run's, already after one dry-run epoch. Pinning both
 # to AVX2 (which nearly every x86-64 CPU of the last decade has; no slower for this small network) makes a
 # training run compute the same sums on any such machine with the same thread count (config.threads).
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import logging
+import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,14 +73,31 @@ def load_mnist(data_dir: Path, download: bool = True) -> DigitData:
     """Full MNIST (60k / 10k) through torchvision, downloaded into data_dir when missing."""
     from torchvision.datasets import MNIST  # only this path needs torchvision
 
-    train = MNIST(str(data_dir), train=True, download=download)
-    test = MNIST(str(data_dir), train=False, download=download)
+    with removed_on_failure(data_dir / "MNIST" / "raw"):  # torchvision creates it before downloading
+        train = MNIST(str(data_dir), train=True, download=download)
+        test = MNIST(str(data_dir), train=False, download=download)
     return DigitData(
         "mnist",
         "torchvision MNIST: official 60,000 train / 10,000 test",
         Split(train.data, train.targets),
         Split(test.data, test.targets),
     )
+
+
+@contextmanager
+def removed_on_failure(folder: Path) -> Iterator[None]:
+    """If the block fails, remove the folders on the way to `folder` that did not exist before it, and only those.
+
+    A failed download (offline, say) would otherwise leave an empty data/MNIST/raw/ behind, which
+    looks like a data set that is there but broken.
+    """
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        if missing:
+            shutil.rmtree(missing[-1], ignore_errors=True)  # the outermost folder that did not exist before
+        raise
 
 
 def subset(data: DigitData, n: int) -> DigitData:

@@ -1,8 +1,12 @@
 """The DigitSum network: a small CNN for the digit and a learned head for the sum."""
 
+import copy
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # pixel statistics of the MNIST training set, in [0, 1]
 NUM_DIGITS, NUM_SUMS = 10, 19  # digits 0-9; sums 0-18
@@ -17,7 +21,7 @@ class DigitCNN(nn.Module):
 
     def __init__(self, width: int = 24) -> None:
         super().__init__()
-        w = width
+        self.width = w = width
         self.features = nn.Sequential(
             conv_block(1, w),
             conv_block(w, w),
@@ -33,6 +37,19 @@ class DigitCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+    def describe(self) -> str:
+        convs = sum(isinstance(m, nn.Conv2d) for m in self.modules())
+        return f"{convs}x conv3x3 CNN, width {self.width}"
+
+    def fold_batchnorm(self) -> None:
+        """Fold each eval-mode BatchNorm into the conv before it, in place: same outputs, less work."""
+        for block in self.features:
+            if isinstance(block, nn.Sequential) and isinstance(block[1], nn.BatchNorm2d):
+                conv, bn = block[0], block[1]
+                assert isinstance(conv, nn.Conv2d)
+                block[0] = fuse_conv_bn_eval(conv, bn)
+                block[1] = nn.Identity()
 
 
 class SumHead(nn.Module):
@@ -54,6 +71,9 @@ class SumHead(nn.Module):
         pairs = digit_probs.unsqueeze(2) * number_one_hot.unsqueeze(1)  # (B, 10, 10)
         return self.pairs_to_sum(pairs.flatten(1))  # (B, 19)
 
+    def describe(self) -> str:
+        return "linear over digit-probs x one-hot(number)"
+
 
 class DigitSumNet(nn.Module):
     """forward(images (B,1,28,28) in [0,1], numbers (B,) int64) -> (digit log-probs (B,10), sum log-probs (B,19))."""
@@ -65,6 +85,7 @@ class DigitSumNet(nn.Module):
 
     def __init__(self, width: int = 24) -> None:
         super().__init__()
+        self.width = width
         self.register_buffer("mean", torch.tensor(MNIST_MEAN))
         self.register_buffer("std", torch.tensor(MNIST_STD))
         self.register_buffer("digit_temperature", torch.tensor(1.0))
@@ -84,6 +105,26 @@ class DigitSumNet(nn.Module):
             F.log_softmax(digit_logits.float() / self.digit_temperature, dim=1),
             F.log_softmax(sum_logits / self.sum_temperature, dim=1),
         )
+
+    def model_args(self) -> dict[str, Any]:
+        """The constructor's arguments: `DigitSumNet(**net.model_args())` rebuilds this architecture."""
+        return {"width": self.width}
+
+    def describe(self) -> dict[str, Any]:
+        """The architecture as the model card records it, from the network itself."""
+        return {
+            "name": type(self).__name__,
+            "model_args": self.model_args(),
+            "digit": self.digit.describe(),
+            "sum": self.sum.describe(),
+            "parameters": parameter_count(self),
+        }
+
+    def inference_copy(self) -> "DigitSumNet":
+        """A CPU copy in eval mode with batch norm folded into the convs: what export and latency use."""
+        model = copy.deepcopy(self).cpu().eval()
+        model.digit.fold_batchnorm()
+        return model
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ from tqdm import tqdm
 
 from training import data as digit_data
 from training.augment import augment, brush_render
-from training.calibrate import calibrate, expected_calibration_error, flag_rates
+from training.calibrate import calibrate
 from training.config import TrainConfig
 from training.data import PairedDigits
-from training.export import FORMAT_VERSION, cpu_latency_ms, export_torchscript, git_commit, now_utc
-from training.model import MNIST_MEAN, MNIST_STD, DigitSumNet, parameter_count
+from training.export import Provenance, export_torchscript, model_card
+from training.measure import evaluate, measure
+from training.model import DigitSumNet
 from training.plots import plot_confusion, plot_curves
 from training.strokes import stroke_maps
 
@@ -54,17 +56,26 @@ def losses(
     return digit_loss, F.nll_loss(sum_lp, sums), digit_lp, sum_lp
 
 
+@dataclass
+class TrainState:
+    """What one run's training steps update; `fit` builds it once and hands it to every epoch."""
+
+    model: DigitSumNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator  # batch order and augmentation
+    device: torch.device
+
+
 def train_epoch(
-    model: DigitSumNet,
+    state: TrainState,
     pairs: PairedDigits,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: TrainConfig,
-    device: torch.device,
-    generator: torch.Generator,
     epoch: int,
     strokes: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
+    model, device, generator = state.model, state.device, state.generator
+    optimizer, scheduler = state.optimizer, state.scheduler
     model.train()
     pairs.draw(epoch)
     totals = np.zeros(5)  # digit loss, sum loss, digit correct, sum correct, count
@@ -113,99 +124,8 @@ def redraw_some(
     return torch.where(chosen.to(images.device).view(-1, 1, 1, 1), redrawn, images)
 
 
-@torch.inference_mode()
-def evaluate(model: DigitSumNet, pairs: PairedDigits, device: torch.device) -> dict[str, Any]:
-    """Losses and accuracies of both heads, plus the digit predictions for a confusion matrix."""
-    model.eval()
-    digit_loss = sum_loss = 0.0
-    digit_preds, sum_preds, confidences = [], [], []
-    for images, numbers, digits, sums in pairs.batches(1000, device):
-        d_loss, s_loss, digit_lp, sum_lp = losses(model, images, numbers, digits, sums)
-        digit_loss += d_loss.item() * len(digits)
-        sum_loss += s_loss.item() * len(digits)
-        digit_preds.append(digit_lp.argmax(1).cpu())
-        sum_preds.append(sum_lp.argmax(1).cpu())
-        confidences.append(digit_lp.max(1).values.exp().float().cpu())
-    digit_pred, sum_pred = torch.cat(digit_preds), torch.cat(sum_preds)
-    confidence, correct = torch.cat(confidences).numpy(), (digit_pred == pairs.digits).numpy()
-    return {
-        "test_digit_ece": expected_calibration_error(confidence, correct),
-        "confidence": confidence,
-        "test_digit_loss": digit_loss / len(pairs),
-        "test_sum_loss": sum_loss / len(pairs),
-        "test_digit_acc": (digit_pred == pairs.digits).float().mean().item(),
-        "test_sum_acc": (sum_pred == pairs.sums).float().mean().item(),
-        "digit_pred": digit_pred,
-    }
-
-
-@torch.inference_mode()
-def sum_head_exact_pairs(model: DigitSumNet) -> int:
-    """How many of the 100 (digit, integer) pairs the sum head alone maps to the right sum."""
-    digits, numbers = torch.arange(10).repeat_interleave(10), torch.arange(10).repeat(10)
-    device = next(model.parameters()).device
-    sum_logits = model.sum(F.one_hot(digits, 10).float().to(device), numbers.to(device))
-    return int((sum_logits.argmax(1).cpu() == digits + numbers).sum())
-
-
 def confusion_matrix(true: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
     return torch.bincount(true * 10 + pred, minlength=100).view(10, 10).numpy()
-
-
-def build_metadata(
-    config: TrainConfig,
-    data: digit_data.DigitData,
-    model: DigitSumNet,
-    final: dict[str, Any],
-    seconds: float,
-    epochs_run: int,
-    device: torch.device,
-) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "architecture": {
-            "name": "DigitSumNet",
-            "digit": f"5x conv3x3 CNN, width {config.width}",
-            "sum": "linear over digit-probs x one-hot(number)",
-            "parameters": parameter_count(model),
-        },
-        "inputs": {
-            "images": "float32 (N,1,28,28) in [0,1], white digit on black, not normalised",
-            "numbers": "int64 (N,) in 0..9",
-        },
-        "outputs": {
-            "digit_log_probs": "(N,10), divided by digit_temperature before the softmax",
-            "sum_log_probs": "(N,19), sums 0..18, divided by sum_temperature before the softmax",
-        },
-        "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD, "applied": "inside the module"},
-        "dataset": {
-            "name": data.name,
-            "split": data.split,
-            "train_images": len(data.train.labels),
-            "test_images": len(data.test.labels),
-        },
-        "metrics": {
-            "digit_accuracy": round(final["test_digit_acc"], 5),
-            "sum_accuracy": round(final["test_sum_acc"], 5),
-            "sum_accuracy_pairs": "every test image with all ten integers",
-            "sum_head_exact_pairs": sum_head_exact_pairs(model),
-        },
-        "cpu_inference": {  # measured at export on the training machine: a guide, not a guarantee
-            "ms_per_image_batch1": round(cpu_latency_ms(model, 1), 4),
-            "ms_per_image_batch256": round(cpu_latency_ms(model, 256), 4),
-            "threads": torch.get_num_threads(),
-        },
-        "training": {
-            "config": config.as_dict(),
-            "seed": config.seed,
-            "epochs_run": epochs_run,
-            "seconds": round(seconds, 1),
-            "device": str(device),
-        },
-        "torch_version": torch.__version__,
-        "created_at": now_utc(),
-        "git_commit": git_commit(),
-    }
 
 
 def make_optimizer(
@@ -231,11 +151,11 @@ def fit(
     strokes = stroke_maps(data.train.images) if config.drawn_share > 0 else None
     curve_pairs = PairedDigits(data.test, seed=config.seed + 1)  # one integer per test image, for the curves
     optimizer, scheduler = make_optimizer(model, config, config.epochs * -(-len(train_pairs) // config.batch_size))
-    generator = torch.Generator().manual_seed(config.seed)
+    state = TrainState(model, optimizer, scheduler, torch.Generator().manual_seed(config.seed), device)
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        stats = train_epoch(model, train_pairs, optimizer, scheduler, config, device, generator, epoch, strokes)
+        stats = train_epoch(state, train_pairs, config, epoch, strokes)
         curve = evaluate(model, curve_pairs, device)
         stats.update({k: v for k, v in curve.items() if k not in ("digit_pred", "confidence")})
         history.append({"epoch": epoch, "seconds": round(time.perf_counter() - start, 2), **stats})
@@ -255,9 +175,8 @@ def write_reports(out: Path, history: list[dict[str, Any]], data: digit_data.Dig
     plot_confusion(confusion_matrix(data.test.labels, digit_pred), stem.with_name(stem.name + "_confusion.png"), title)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = TrainConfig.from_args(argv)
+def run(config: TrainConfig) -> dict[str, Any]:
+    """Train, measure, export and report; returns the model card (also written beside the checkpoint)."""
     device = resolve_device(config.device)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -282,26 +201,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model, history = fit(DigitSumNet(config.width).to(device), data, config, device)
     # no held-out images, no calibration: temperatures stay 1 and the service uses its uncalibrated threshold
     calibration = calibrate(model, held, config.seed, device) if len(held.labels) else None
-    seconds = time.perf_counter() - start
-    test_pairs = PairedDigits(data.test, exhaustive=True)
-    final = evaluate(model, test_pairs, device)
-    metadata = build_metadata(config, data, model, final, seconds, len(history), device)
-    metadata["metrics"]["digit_ece"] = round(final["test_digit_ece"], 5)
-    if calibration is not None:
-        correct = (final["digit_pred"] == test_pairs.digits).numpy()
-        calibration["test_flags"] = flag_rates(final["confidence"], correct, calibration["low_confidence_threshold"])
-        metadata["calibration"] = calibration
-    card = export_torchscript(model, config.out, metadata)
-    write_reports(config.out, history, data, final)
+    provenance = Provenance.of_this_run(len(history), time.perf_counter() - start, device)
+    measured = measure(model, data.test, device, calibration)
+    card = export_torchscript(model, config.out, model_card(config, data, model.describe(), measured, provenance))
+    write_reports(config.out, history, data, measured.test)
     log.info(
         "digit accuracy %.2f%%, sum accuracy %.2f%% (10 integers per image), %d/100 sum pairs exact, %.0f s -> %s",
-        100 * final["test_digit_acc"],
-        100 * final["test_sum_acc"],
-        metadata["metrics"]["sum_head_exact_pairs"],
-        seconds,
+        100 * measured.test["test_digit_acc"],
+        100 * measured.test["test_sum_acc"],
+        measured.sum_head_exact_pairs,
+        provenance.seconds,
         config.out,
     )
     return card
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `python -m training` and `digitsum-train` entry point: returns None, so the process exits 0."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run(TrainConfig.from_args(argv))
 
 
 if __name__ == "__main__":

