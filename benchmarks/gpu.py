@@ -41,7 +41,18 @@ sys.path.insert(0, str(ROOT))
 
 from app.model import DeviceChoice, Model  # noqa: E402
 from app.preprocess import preprocess  # noqa: E402
-from benchmarks.serve import MAX_PIXELS, errors_of, free_port, get_status, png_bytes, post, run_wrk, stop, write_bodies  # noqa: E402
+from benchmarks.serve import (  # noqa: E402
+    MAX_PIXELS,
+    errors_of,
+    free_port,
+    get_status,
+    multipart_body,
+    png_bytes,
+    post,
+    run_wrk,
+    stop,
+    write_bodies,
+)
 from training.data import load_sample  # noqa: E402
 
 MODEL = ROOT / "models" / "digitsum.pt"
@@ -282,7 +293,8 @@ def main() -> None:
     pngs = [png_bytes(pixels) for pixels in images]
     reference = cpu_answers(pngs, numbers)
     body_dir = Path(tempfile.mkdtemp(prefix="digitsum-gpu-"))
-    bodies = write_bodies(images, body_dir)
+    bodies = [multipart_body(png, number) for png, number in zip(pngs, numbers, strict=True)]
+    write_bodies(bodies, body_dir)
     process, port = start_service(args.device, "1", body_dir / "service-check.log")
     try:
         checks: dict = {"device": model_device(port), **compare(port, bodies, reference)}
