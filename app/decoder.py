@@ -164,10 +164,6 @@ class Decoder:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    @property
-    def queue_depth(self) -> int:
-        return self._waiting
-
 
 class DecoderProcess:
     """One decoder process and the pipe to it; `round_trip` blocks, so it runs in a thread."""
@@ -241,10 +237,14 @@ def _decode(data: bytes, limits: DecodeLimits) -> bytes:
 
 
 def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return _statm(1)
 
 
 def _vm_bytes() -> int:
+    return _statm(0)
+
+
+def _statm(field: int) -> int:
+    """A size from /proc/self/statm (0: all mapped, 1: resident), in bytes."""
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        return int(f.read().split()[field]) * os.sysconf("SC_PAGE_SIZE")
