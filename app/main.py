@@ -123,7 +123,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     MultiPartParser.spool_max_size = settings.max_upload_bytes
     # Outermost last: ids, metrics and security headers see every answer, the body caps every read.
     app.add_middleware(HeadAsGet)
-    app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, max_seconds=settings.upload_timeout_s)
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.max_upload_bytes,
+        max_seconds=settings.upload_timeout_s,
+        lanes=settings.upload_lanes,
+        max_waiting=settings.max_queue,
+    )
     app.add_middleware(CancelOnDisconnect, min_bytes=INLINE_MAX_BYTES + 1024)  # a thumbnail and its form: not watched
     if settings.cors_origins:  # closed unless configured
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])

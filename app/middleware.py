@@ -14,7 +14,7 @@ import anyio
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BadRequest, BodyTooLarge, BodyTooSlow, NotFound, ServiceError
+from app.errors import BadRequest, BodyTooLarge, BodyTooSlow, NotFound, ServiceError, Unavailable
 from app.handlers import error_response
 from app.metrics import IN_FLIGHT, REQUEST_SECONDS
 
@@ -28,6 +28,9 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
 }
+
+LANE_MIN_BYTES = 65536  # a body this small arrives in one or two reads: nothing to take turns for
+LANE_IDLE_S = 0.05  # a lane holder waiting longer than this for its next chunk gives the lane up
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -189,15 +192,23 @@ class CancelOnDisconnect:
 
 
 class BodyLimits:
-    """Bounds what a body may cost: 413 over the size cap, 408 when it does not arrive within the time cap.
+    """Bounds what a body may cost: 413 over the size cap, 408 when it does not arrive within the time cap, and
+    at most `lanes` big bodies read at once.
 
     The size is judged from Content-Length before reading, and while streaming (a lying or missing one).
     The time cap stops a client that trickles its upload (slowloris) from holding a connection for ever;
     other requests are unaffected meanwhile, as the wait is on the event loop.
+
+    Lanes: every read of a body chunk is event-loop time, and with dozens of multi-MB bodies arriving at once a
+    loop turn reads all of them, so a health check waited hundreds of ms for its turns (benchmarks/results/
+    hostile.md, "queue"). A body over LANE_MIN_BYTES is read only while it holds one of `lanes` lanes; the rest
+    wait unread (the server stops reading their sockets, and TCP holds their senders back). A sender that
+    pauses longer than LANE_IDLE_S gives its lane up until its next chunk, so trickling uploads hold none.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_seconds: float) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_seconds: float, lanes: int, max_waiting: int) -> None:
         self.app, self.max_bytes, self.max_seconds = app, max_bytes, max_seconds
+        self.lanes = Lanes(lanes, max_waiting)
 
     def too_large(self) -> ServiceError:
         return BodyTooLarge(
@@ -218,24 +229,75 @@ class BodyLimits:
             await error_response(self.too_large())(scope, receive, send)
             return
         received, complete = 0, False
-        deadline = asyncio.get_running_loop().time() + self.max_seconds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_seconds
+        lane = None if length.isdigit() and int(length) <= LANE_MIN_BYTES else Lane(self.lanes)
 
         async def limited_receive() -> Message:
             nonlocal received, complete
             if complete:  # e.g. waiting for a disconnect while streaming a response: no deadline
                 return await receive()
+            if lane is not None:
+                await lane.take(deadline)
+                pause = loop.call_later(LANE_IDLE_S, lane.give_back)  # a sender that pauses lets others go
             try:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
                 raise self.too_slow() from None
+            finally:
+                if lane is not None:
+                    pause.cancel()
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > self.max_bytes:
                 raise self.too_large()
+            if complete and lane is not None:
+                lane.give_back()
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            if lane is not None:
+                lane.give_back()
+
+
+class Lanes:
+    """`count` lanes shared by one worker's big bodies, and a bound on how many may wait for one (else 503)."""
+
+    def __init__(self, count: int, max_waiting: int) -> None:
+        self.free = asyncio.Semaphore(count)
+        self.max_waiting, self.waiting = max_waiting, 0
+
+    async def acquire(self, deadline: float) -> None:
+        if self.free.locked() and self.waiting >= self.max_waiting:
+            raise Unavailable("The service is receiving too many uploads at once; retry shortly.")
+        self.waiting += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.free.acquire()
+        except TimeoutError:
+            raise Unavailable("The service is receiving too many uploads at once; retry shortly.") from None
+        finally:
+            self.waiting -= 1
+
+
+class Lane:
+    """One body's claim on a lane: taken before each chunk is read, given back when done or paused."""
+
+    def __init__(self, lanes: Lanes) -> None:
+        self.lanes, self.held = lanes, False
+
+    async def take(self, deadline: float) -> None:
+        if not self.held:
+            await self.lanes.acquire(deadline)
+            self.held = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            self.lanes.free.release()
 
 
 class OneLineStartupFailure:

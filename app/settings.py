@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     max_queue: int = Field(1024, ge=1, description="requests waiting for the model before 503")
     request_timeout_s: float = Field(10.0, gt=0, description="longest a request may wait for the model")
     upload_timeout_s: float = Field(30.0, gt=0, description="longest a client may take to send its body (else 408)")
+    upload_lanes: int = Field(
+        2, ge=1, le=1024, description="bodies over 64 KB read at once per worker; the others wait their turn"
+    )
     # the request head (app/http_limits.py): refused at once with 414 / 431 / 408, at a cost linear in what arrived
     max_url_bytes: int = Field(8192, ge=256, description="longest request target (path + query) before 414")
     max_header_bytes: int = Field(65536, ge=1024, description="total size of the request headers before 431")
