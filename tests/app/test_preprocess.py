@@ -7,6 +7,7 @@ transparent, rotated, huge or tiny copy must look (almost) like the original 28x
 from __future__ import annotations
 
 import io
+import math
 import struct
 import zlib
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+import app.preprocess as P
 from app.preprocess import preprocess, to_mnist
 from app.upload import (
     ALLOWED_FORMATS,
@@ -371,3 +373,28 @@ def test_corrupted_files_raise_only_image_errors(digits: np.ndarray) -> None:
             except ImageError:
                 continue
             assert out.shape == (28, 28) and 0 <= out.min() and out.max() <= 1
+
+
+# --- shortcuts that must change nothing -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", [0.0, 1.0, 0.37])
+@pytest.mark.parametrize("height, width", [(28, 28), (5, 9), (64, 64), (65, 40), (280, 280), (512, 341), (97, 512)])
+def test_a_flat_border_shortcut_gives_the_background_the_fit_would(
+    monkeypatch: pytest.MonkeyPatch, height: int, width: int, level: float
+) -> None:
+    """The shortcut reads only a frame of the image; the thumbnail's ring that the fit uses must see nothing else."""
+    rows, cols = math.ceil(2 * height / P.THUMB_SIDE) + 1, math.ceil(2 * width / P.THUMB_SIDE) + 1
+    gray = np.random.default_rng(height * width).random((height, width), dtype=np.float32)
+    gray[:rows], gray[-rows:], gray[:, :cols], gray[:, -cols:] = level, level, level, level
+    fast = P._background(gray)
+    monkeypatch.setattr(P, "_flat_border", lambda _: None)
+    assert np.array_equal(fast, P._background(gray))
+
+
+def test_one_pixel_off_the_level_in_the_frame_leaves_the_border_to_the_fit() -> None:
+    gray = np.zeros((28, 28), np.float32)
+    gray[1, 14] = 0.5  # inside the 2-pixel frame the thumbnail's ring reads at this size
+    assert P._flat_border(gray) is None
+    gray[1, 14], gray[2, 14] = 0, 0.5  # just inside it
+    assert P._flat_border(gray) == 0
