@@ -585,9 +585,33 @@ def report(runs: dict[str, dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compare(runs: dict[str, dict[str, object]], before: str, after: str) -> str:
+    """The README's table: each attack's statuses, server CPU, /healthz p99 and RSS after, in two runs."""
+
+    def cell(r: dict[str, object]) -> str:
+        statuses: dict[str, int] = r["statuses"]  # type: ignore[assignment]
+        answers = max(sum(statuses.values()), 1)
+        cpu_s = float(r["cpu_s"])  # type: ignore[arg-type]
+        rss = " / ".join(f"{mb:.0f}" for mb in r["rss_after_mb"])  # type: ignore[attr-defined]
+        return (
+            f"{', '.join(f'{k} ×{v:,}' for k, v in statuses.items())}; {cpu_s:g} CPU s "
+            f"({cpu_s * 1000 / answers:,.0f} ms each); p99 {r['healthz_p99_ms']:,g} ms; {rss} MB"
+        )
+
+    old = {r["attack"]: r for r in runs[before]["results"]}  # type: ignore[attr-defined]
+    lines = [
+        f"| attack | {before}: statuses; server CPU; /healthz p99; workers' RSS after | {after} |",
+        "|---|---|---|",
+    ]
+    for r in runs[after]["results"]:  # type: ignore[attr-defined]
+        if r["attack"] != "baseline" and r["attack"] in old:
+            lines.append(f"| {r['what']} | {cell(old[r['attack']])} | {cell(r)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--label", required=True, help="the run's name in the results, e.g. before, after")
+    parser.add_argument("--label", help="the run's name in the results, e.g. before, after")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose app/ is served")
     parser.add_argument("--seconds", type=float, default=20, help="bound on each attack")
     parser.add_argument("--idle", type=int, default=10_000, help="connections in idle-10k")
@@ -599,7 +623,15 @@ def main() -> None:
     )
     parser.add_argument("--only", action="append", help="attack names to run (all when absent)")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="print the README's table of two saved runs only"
+    )
     args = parser.parse_args()
+    if args.compare:
+        print(compare(json.loads((args.results / "hostile.json").read_text()), *args.compare), end="")
+        return
+    if not args.label:
+        parser.error("--label is required to run the attacks")
     raw_http.raise_fd_limit()
     chosen = [a for a in attacks(args.seconds, args.idle) if not args.only or a.name in args.only]
     load = os.getloadavg()[0]

@@ -36,3 +36,11 @@ def test_every_file_the_readme_cites_exists() -> None:
     cited = set(re.findall(r"`((?:benchmarks|models|examples|tests|deploy|app|training|docs)/[\w./-]+\.\w+)`", README))
     not_yet = {"benchmarks/results/gpu.md"}  # written by the first run on a CUDA host; the README says it has not run
     assert cited and not [path for path in sorted(cited - not_yet) if not (ROOT / path).exists()]
+
+
+def test_the_hostile_traffic_table_is_the_one_its_results_file_gives() -> None:
+    """The README's before/after table is `python benchmarks/hostile.py --compare before after`, not typed in."""
+    from benchmarks.hostile import compare
+
+    runs = json.loads((ROOT / "benchmarks" / "results" / "hostile.json").read_text())
+    assert compare(runs, "before", "after") in README
