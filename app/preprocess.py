@@ -148,8 +148,8 @@ def _ink(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return residual, coarse
     # only deviations well above the noise vote (and above half the contrast, whatever the noise says)
     floor = min(NOISE_SIGMAS * _pixel_noise(coarse) + 0.02, float(np.abs(coarse).max()) / 2)
-    bright = float(np.clip(coarse - floor, 0, None).sum())
-    dark = float(np.clip(-coarse - floor, 0, None).sum())
+    bright = float(np.maximum(coarse - floor, 0).sum())
+    dark = float(np.maximum(-coarse - floor, 0).sum())
     return (residual, coarse) if bright >= dark else (-residual, -coarse)
 
 
@@ -229,6 +229,8 @@ def _noise_sigma(values: np.ndarray) -> float:
     if values.size == 0:
         return 0.0
     values = values.ravel()[:: max(1, values.size // 16384)]  # a spread-out sample is plenty for a median
+    if 2 * np.count_nonzero(values) < values.size:  # mostly exact zeros (MNIST's background): median and MAD are 0
+        return 0.0
     return MAD_TO_SIGMA * _quantile(np.abs(values - _quantile(values, 0.5)), 0.5)
 
 
@@ -249,7 +251,7 @@ _RING, _RING_TERMS = _ring_and_terms(THUMB_SIDE)
 def _digit_window(ink: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     """(H, W) signed ink and its (h, w) average -> the region holding the digit, area-averaged to <= DIGIT_SIDE
     (signed). Averaging drowns pixel noise and small specks."""
-    bright = np.clip(coarse, 0, None)
+    bright = np.maximum(coarse, 0)
     # contrast is judged at full resolution (averaging dilutes a small digit's thin strokes), noise where
     # it is averaged (a digit stands far above it, texture and pure noise do not)
     if float(ink.max()) < MIN_CONTRAST or float(bright.max()) <= MIN_SNR * _pixel_noise(coarse):
@@ -300,13 +302,13 @@ _LEVEL_CENTRES = np.arange(OTSU_LEVELS) + 0.5
 def _clean(window: np.ndarray) -> np.ndarray:
     """(h, w) signed ink -> [0, 1]: below a few noise sigmas -> 0, stroke level -> 1, edges in between."""
     sigma = _noise_sigma(window)
-    bright = np.clip(window, 0, None)
+    bright = np.maximum(window, 0)
     if not bright.any():
         raise NoDigitFound("No digit found in the image: it is blank or holds only faint noise.")
     threshold = _otsu(bright)
     low = min(NOISE_SIGMAS * sigma, threshold / 2)  # heavy noise must not eat the strokes
     high = _quantile(bright[bright > threshold], 0.9)  # the stroke core, not its noisiest pixel
-    return np.clip((bright - low) / max(high - low, 1e-6), 0, 1)
+    return np.minimum(np.maximum((bright - low) / max(high - low, 1e-6), 0), 1)  # np.clip's checks cost more
 
 
 def _crop_to_digit(clean: np.ndarray) -> np.ndarray:
@@ -366,7 +368,7 @@ def _fit_box(digit: np.ndarray) -> np.ndarray:
     if size == (width, height):
         return digit
     resized = np.asarray(Image.fromarray(digit.astype(np.float32)).resize(size, Image.Resampling.LANCZOS))
-    return np.clip(resized, 0, 1)
+    return np.minimum(np.maximum(resized, 0), 1)
 
 
 def _centre_of_mass_to_centre(digit: np.ndarray) -> np.ndarray:
