@@ -37,18 +37,19 @@ class Prediction:
     heads_agree: bool  # the digit head's and the sum head's own argmaxes both name this answer
 
 
-def decide(digit_p: np.ndarray, sum_p: np.ndarray, number: int) -> tuple[int, bool]:
-    """One answer from both heads: the digit d maximising P_digit(d) * P_sum(d + number).
+def decide(digit_p: np.ndarray, sum_p: np.ndarray, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One answer per row from both heads: the digit d maximising P_digit(d) * P_sum(d + number).
 
+    (B, 10) digit and (B, 19) sum probabilities and (B,) numbers -> (B,) digits and (B,) heads_agree.
     Taking each head's argmax on its own answered "7 + 3 = 5" when the digit distribution was split
     between 2 and 7 (benchmarks/results/consistency.md): the sum head's linear map of a mixture can
     favour the other digit's sum. Scoring the ten (digit, digit + number) pairs jointly keeps both
     outputs the network's and makes the arithmetic right by construction; `heads_agree` says whether
     each head alone would have said the same, so a caller can show doubt when they split.
     """
-    joint = np.log(digit_p + 1e-30) + np.log(sum_p[number : number + 10] + 1e-30)
-    digit = int(joint.argmax())
-    return digit, int(digit_p.argmax()) == digit and int(sum_p.argmax()) == digit + number
+    pair_sums = np.take_along_axis(sum_p, numbers[:, None] + np.arange(10), axis=1)  # (B, 10): P_sum(d + n)
+    digits = (np.log(digit_p + 1e-30) + np.log(pair_sums + 1e-30)).argmax(axis=1)
+    return digits, (digit_p.argmax(axis=1) == digits) & (sum_p.argmax(axis=1) == digits + numbers)
 
 
 def choose_device(requested: str) -> DeviceChoice:
@@ -130,18 +131,21 @@ class Model:
         # Every torch call releases the GIL and must win it back from the event loop and the decoding threads
         # (up to 5 ms each under load), so on the CPU the forward is the only torch call: the rest is numpy.
         batch = torch.from_numpy(images[:, None])  # (B, 1, 28, 28)
-        number_batch = torch.from_numpy(np.asarray(numbers, dtype=np.int64))  # (B,)
+        number_array = np.asarray(numbers, dtype=np.int64)  # (B,)
+        number_batch = torch.from_numpy(number_array)
         if self.device.type != "cpu":
             batch, number_batch = batch.to(self.device), number_batch.to(self.device)
         digit_lp, sum_lp = self.module(batch, number_batch)
         if self.device.type != "cpu":
             digit_lp, sum_lp = digit_lp.cpu(), sum_lp.cpu()
         digit_p, sum_p = np.exp(digit_lp.numpy()), np.exp(sum_lp.numpy())  # (B, 10), (B, 19)
-        answers = []
-        for d, s, n in zip(digit_p, sum_p, numbers, strict=True):
-            digit, agree = decide(d, s, n)
-            answers.append(Prediction(digit, digit + n, d.tolist(), s.tolist(), agree))
-        return answers
+        digits, agree = decide(digit_p, sum_p, number_array)
+        return [
+            Prediction(d, d + n, dp, sp, a)
+            for d, n, dp, sp, a in zip(
+                digits.tolist(), numbers, digit_p.tolist(), sum_p.tolist(), agree.tolist(), strict=True
+            )
+        ]
 
     def describe(self) -> dict[str, Any]:
         """The card for GET /model."""

@@ -11,7 +11,8 @@ MAX_PIXELS = 40_000_000  # the service's default DIGITSUM_MAX_PIXELS
 
 def answer(digit_p: np.ndarray, sum_p: np.ndarray, number: int) -> dict[str, object]:
     """(10,) and (19,) probabilities -> the JSON fields of the service's /predict answer."""
-    digit, agree = decide(digit_p, sum_p, number)
+    digits, agrees = decide(digit_p[None], sum_p[None], np.array([number]))
+    digit, agree = int(digits[0]), bool(agrees[0])
     total = digit + number
     return {
         "digit": digit,

@@ -25,15 +25,19 @@ def test_decide_keeps_the_arithmetic_when_the_heads_split() -> None:
     digit_p[[2, 7]] = [0.40, 0.52]
     sum_p = np.full(19, 0.01)
     sum_p[[5, 10]] = [0.70, 0.12]
-    digit, agree = decide(digit_p / digit_p.sum(), sum_p / sum_p.sum(), 3)
-    assert (digit, agree) == (2, False)  # 0.40 * 0.70 beats 0.52 * 0.12; and the heads alone said 7 and 5
+    digit, agree = decide((digit_p / digit_p.sum())[None], (sum_p / sum_p.sum())[None], np.array([3]))
+    assert (digit.tolist(), agree.tolist()) == (
+        [2],
+        [False],
+    )  # 0.40 * 0.70 beats 0.52 * 0.12; and the heads alone said 7 and 5
 
 
 def test_decide_on_random_distributions() -> None:
     rng = np.random.default_rng(0)
-    for _ in range(2000):
-        digit_p, sum_p, number = rng.dirichlet(np.ones(10) * 0.3), rng.dirichlet(np.ones(19) * 0.3), rng.integers(10)
-        digit, agree = decide(digit_p, sum_p, int(number))
+    digit_ps, sum_ps = rng.dirichlet(np.ones(10) * 0.3, 2000), rng.dirichlet(np.ones(19) * 0.3, 2000)
+    numbers = rng.integers(0, 10, 2000)
+    digits, agrees = decide(digit_ps, sum_ps, numbers)  # one batch: each row must be decided on its own
+    for digit_p, sum_p, number, digit, agree in zip(digit_ps, sum_ps, numbers, digits, agrees, strict=True):
         joint = digit_p * sum_p[number : number + 10]
         assert joint[digit] == joint.max()
         assert agree == (digit_p.argmax() == digit and sum_p.argmax() == digit + number)
