@@ -640,7 +640,7 @@ def report(points: list[Point], rates: dict[tuple[str, int, int], float], prepro
         first = why.splitlines()[0] if why else "failed"
         lines.append(f"| {LABELS[server]} | - | could not run here: {first} (below) | - | - | - | - | - | - |")
     by = {(p.server, p.connections): p for p in plain}
-    lines += ratios(by, rates, args) + targets(by) + cost_curve(points, rates, args)
+    lines += ratios(by, rates, args) + targets(by, points, rates) + cost_curve(points, rates, args)
     if rates:
         lines += ["", f"`app.preprocess.preprocess` on a 28x28 test PNG: {preprocess_ms:.2f} CPU ms per image."]
     lines += sweeps(args) + failures() + profiles(args)
@@ -672,8 +672,10 @@ def ratios(by: dict[tuple[str, int], Point], rates: dict[tuple[str, int, int], f
     ]
 
 
-def targets(by: dict[tuple[str, int], Point]) -> list[str]:
-    """The issue's targets at 64 and 1 connections, each met or missed, from this run's points."""
+def targets(
+    by: dict[tuple[str, int], Point], points: list[Point], rates: dict[tuple[str, int, int], float]
+) -> list[str]:
+    """The issue's targets at 64 and 1 connections and for the batch endpoint, each met or missed, from this run."""
     a64, a1 = by.get(("service", 64)), by.get(("service", 1))
     peers64 = [by[(s, 64)] for s in PEERS if (s, 64) in by]
     peers1 = [by[(s, 1)] for s in PEERS if (s, 1) in by]
@@ -704,7 +706,69 @@ def targets(by: dict[tuple[str, int], Point]) -> list[str]:
                 f"{a1.p50_ms:.2f} / {naive.p50_ms:.2f} ms = {ratio(a1.p50_ms, naive.p50_ms)}x",
                 a1.p50_ms <= 1.1 * naive.p50_ms)  # fmt: skip
     row("64 connections: (a) CPU ms per request <= 1.0", f"{a64.cpu_ms:.2f}", a64.cpu_ms <= 1.0)
+    batch64 = next((p for p in points if p.series == "batch" and p.images == 64), None)
+    if batch64 is not None and (bare := best_bare_forward(rates, 64)) is not None:
+        (layout, threads), rate = bare
+        row(f"POST /predict/batch at 64 images: >= 50% of the bare forward's images/s on the same {threads} cores",
+            f"{batch64.rps * 64:,.0f} / {rate:,.0f} ({layout}, batch 64, {threads} threads) = "
+            f"{ratio(batch64.rps * 64, rate)}x", batch64.rps * 64 >= 0.5 * rate)  # fmt: skip
     return lines
+
+
+README_NAMES = {
+    "service": "(a) this service (`make run`)",
+    "naive": "(b) tutorial FastAPI",
+    "naive1": "(b1) tutorial, 1 torch thread",
+    "litserve": "(c) LitServe, tuned",
+    "bentoml": "(c2) BentoML, adaptive batching, tuned",
+    "rayserve": "(c3) Ray Serve, `@serve.batch`, tuned",
+    "framework": "(e) framework floor (FastAPI + uvicorn, constant answer)",
+}
+
+
+def readme_tables(points: list[Point], rates: dict[tuple[str, int, int], float]) -> str:
+    """The README's two tables: every server at 64 connections, and (a)'s cost curve."""
+    lines = ["| server, 64 connections | requests/s | p50 ms | p99 ms | errors | CPU ms / request |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for p in points:
+        if p.series == "connections" and p.connections == 64 and p.server in README_NAMES:
+            lines.append(f"| {README_NAMES[p.server]} | {p.rps:,.0f} | {p.p50_ms:,.0f} | {p.p99_ms:,.0f} | "
+                         f"{p.errors} | {p.cpu_ms:.2f} |")  # fmt: skip
+    for (layout, threads, batch), rate in sorted(rates.items()):
+        if layout == "channels-last" and batch == 64:
+            cpu_ms = f"{1000 / rate:.2f}" if threads == 1 else ""
+            lines.append(f"| (d) bare forward, batch 64, {threads} thread{'s' * (threads > 1)} | {rate:,.0f} images/s "
+                         f"| | | | {cpu_ms} |")  # fmt: skip
+    floor = {p.upload: p for p in points if p.series == "size" and p.server == "framework"}
+    lines += ["", "| load | requests/s | images/s | p50 ms | p99 ms | errors | CPU ms / request | CPU ms / image |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for p in points:
+        if p.server != "service":
+            continue
+        if p.series == "connections":
+            what = f"{p.connections} connection{'s' * (p.connections > 1)}"
+        elif p.series == "size":
+            what = f"{p.upload}, {p.connections} connections" + (
+                f" (e: {floor[p.upload].cpu_ms:.2f} ms)" if p.upload in floor else ""
+            )
+        else:
+            what = f"`/predict/batch`, {p.images} image{'s' * (p.images > 1)} per request"
+        lines.append(f"| {what} | {p.rps:,.0f} | {p.rps * p.images:,.0f} | {p.p50_ms:.1f} | {p.p99_ms:,.1f} | "
+                     f"{p.errors} | {p.cpu_ms:.2f} | {p.cpu_ms / p.images:.2f} |")  # fmt: skip
+    batches = sorted({p.images for p in points if p.series == "batch"})
+    bare = [rates[("channels-last", 1, b)] for b in batches if ("channels-last", 1, b) in rates]
+    if bare:
+        images_s, cpu_ms = " / ".join(f"{r:,.0f}" for r in bare), " / ".join(f"{1000 / r:.2f}" for r in bare)
+        lines.append(f"| (d) bare forward, batch {' / '.join(map(str, batches))}, 1 thread | | {images_s} | | | | "
+                     f"| {cpu_ms} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def best_bare_forward(rates: dict[tuple[str, int, int], float], batch: int) -> tuple[tuple[str, int], float] | None:
+    """The fastest (layout, threads) of the bare forward at this batch on every core, and its images/s."""
+    cores = max((threads for _, threads, _ in rates), default=0)
+    found = {(layout, threads): r for (layout, threads, b), r in rates.items() if b == batch and threads == cores}
+    return max(found.items(), key=lambda item: item[1]) if found else None
 
 
 def cost_curve(points: list[Point], rates: dict[tuple[str, int, int], float], args: argparse.Namespace) -> list[str]:
@@ -877,19 +941,24 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.md")
     parser.add_argument("--from-json", type=Path, help="render the report and plot of an earlier run's .json again")
+    parser.add_argument("--readme", action="store_true", help="with --from-json: print the README's tables only")
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "cost_curve.png")
     args = parser.parse_args()
     args.argv = sys.argv[1:]
     if args.from_json:  # the run's own settings, written to this command's --out and --plot
         raw = json.loads(args.from_json.read_text())
         args = argparse.Namespace(**{**vars(parser.parse_args(raw["argv"])), **raw["args"], "from_json": args.from_json,
-                                     "out": args.out, "plot": args.plot, "argv": raw["argv"]})  # fmt: skip
+                                     "out": args.out, "plot": args.plot, "argv": raw["argv"],
+                                     "readme": args.readme})  # fmt: skip
     args.target = 64 if 64 in args.connections else max(args.connections)  # the targets', sweeps' and profile's
     assert all(re.fullmatch(r"\w+=.*", kv) for kv in args.service_env), "--service-env takes NAME=value"
     if args.from_json:
         points, rates, preprocess_ms, loads = from_json(args.from_json)
     else:
         points, rates, preprocess_ms, loads = run(args)
+    if args.readme:
+        print(readme_tables(points, rates), end="")
+        return
     text = report(points, rates, preprocess_ms, args, (loads[0], loads[1]))
     print(text)
     args.out.write_text(text)
