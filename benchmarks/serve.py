@@ -727,7 +727,7 @@ README_NAMES = {
 
 
 def readme_tables(points: list[Point], rates: dict[tuple[str, int, int], float]) -> str:
-    """The README's two tables: every server at 64 connections, and (a)'s cost curve."""
+    """The README's three tables: every server at 64 connections, the targets, and (a)'s cost curve."""
     lines = ["| server, 64 connections | requests/s | p50 ms | p99 ms | errors | CPU ms / request |",
              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for p in points:
@@ -739,6 +739,9 @@ def readme_tables(points: list[Point], rates: dict[tuple[str, int, int], float])
             cpu_ms = f"{1000 / rate:.2f}" if threads == 1 else ""
             lines.append(f"| (d) bare forward, batch 64, {threads} thread{'s' * (threads > 1)} | {rate:,.0f} images/s "
                          f"| | | | {cpu_ms} |")  # fmt: skip
+    by = {(p.server, p.connections): p for p in points if p.series == "connections"}
+    if goals := targets(by, points, rates)[3:]:  # the table alone
+        lines += ["", *goals]
     floor = {p.upload: p for p in points if p.series == "size" and p.server == "framework"}
     lines += ["", "| load | requests/s | images/s | p50 ms | p99 ms | errors | CPU ms / request | CPU ms / image |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip

@@ -44,3 +44,12 @@ def test_the_hostile_traffic_table_is_the_one_its_results_file_gives() -> None:
 
     runs = json.loads((ROOT / "benchmarks" / "results" / "hostile.json").read_text())
     assert compare(runs, "before", "after") in README
+
+
+def test_the_serving_tables_are_the_ones_their_results_file_gives() -> None:
+    """The peers, targets and cost-curve tables are `python benchmarks/serve.py --from-json ... --readme`."""
+    from benchmarks.serve import from_json, readme_tables
+
+    points, rates, _, _ = from_json(ROOT / "benchmarks" / "results" / "serve.json")
+    for table in readme_tables(points, rates).split("\n\n"):
+        assert table.strip() in README
