@@ -170,8 +170,9 @@ def _background(gray: np.ndarray) -> np.ndarray:
     design = _RING_TERMS
     # the simplest surface that fits about as well as the full quadratic: flat paper stays flat even
     # when the digit touches the border, and only real gradients or vignetting earn the extra terms
-    fits = [_trimmed_fit(design[:, :terms], values) for terms in (1, 3, 6)]
-    coef = next(c for c, misfit in fits if misfit <= fits[-1][1] + 0.01)
+    full, full_misfit = _trimmed_fit(design, values)
+    simpler = (_trimmed_fit(design[:, :terms], values) for terms in (1, 3))  # fitted only until one is good enough
+    coef = next((c for c, misfit in simpler if misfit <= full_misfit + 0.01), full)
     height, width = gray.shape
     ys = (np.arange(height, dtype=np.float32) + 0.5) / height * 2 - 1
     xs = (np.arange(width, dtype=np.float32) + 0.5) / width * 2 - 1
