@@ -1,8 +1,11 @@
-"""Where an upload is decoded: thumbnails inline, everything else in a decoder process with hard limits.
+"""Where an upload is decoded: thumbnails in the batch thread, everything else in a decoder process with hard limits.
 
-A thumbnail (<= INLINE_MAX_BYTES and <= INLINE_MAX_PIXELS) costs well under a millisecond, less than any
-hand-off (benchmarks/results/serve.md), so it is preprocessed on the event loop. Anything bigger goes to one
-of a few decoder processes (numpy and Pillow only, no torch), because a file of a few KB can still cost
+A thumbnail (<= INLINE_MAX_BYTES and <= INLINE_MAX_PIXELS) costs well under a millisecond, less than a hand-off
+to a process, so `decode` only checks its header and hands the checked image on: the batch thread decodes and
+preprocesses it right before the forward pass (app/predictor.py), where numpy's and Pillow's code stays in the
+cache from one image to the next; interleaved with the event loop's HTTP work the same preprocessing cost much
+more (the history of benchmarks/results/serve.md has the before and after). Anything bigger goes to one of a few
+decoder processes (numpy and Pillow only, no torch), because a file of a few KB can still cost
 seconds and hundreds of MB to decode (RLE, thousands of progressive scans, 16-bit or float pixels), and a
 decode running in the service's own process can be neither stopped nor made to give its memory back. Each
 job in a decoder process is bounded by:
@@ -35,6 +38,7 @@ from typing import Any
 
 import anyio
 import numpy as np
+from PIL import Image
 
 from app.errors import TimedOut, Unavailable
 from app.preprocess import to_mnist
@@ -51,7 +55,7 @@ from app.upload import (
 log = logging.getLogger("digitsum")
 
 INLINE_MAX_PIXELS = 64 * 64
-INLINE_MAX_BYTES = 4096  # bounds what a crafted small file can cost on the loop (zTXt bombs)
+INLINE_MAX_BYTES = 4096  # bounds what a crafted small file can cost its batch (zTXt bombs)
 RECYCLE_BYTES = 64 * 1024 * 1024
 PIXELS_BYTES = 28 * 28 * 4  # float32 (28, 28)
 _ERRORS: dict[bytes, type[ImageError]] = {
@@ -90,11 +94,12 @@ class Decoder:
         while not self._idle.empty():
             self._idle.get_nowait().kill()
 
-    async def decode(self, data: bytes, deadline: float) -> np.ndarray:
-        """Upload bytes -> (28, 28) float32 in [0, 1]; `deadline` is on the event loop's clock."""
+    async def decode(self, data: bytes, deadline: float) -> np.ndarray | Image.Image:
+        """Upload bytes -> (28, 28) float32 in [0, 1], or a thumbnail checked from its header for the batch thread
+        to finish (`finish`); `deadline` is on the event loop's clock."""
         image = open_checked(data, self.limits.max_pixels)  # the header only: cheap, whatever the file
         if len(data) <= INLINE_MAX_BYTES and image.width * image.height <= INLINE_MAX_PIXELS:
-            return to_mnist(decode_pixels(image))
+            return image
         if (needed := decoding_bytes(image)) > self.limits.memory_bytes:  # refused before any decoder runs out
             raise ImageTooLarge(
                 f"The image needs about {needed / 2**20:,.0f} MB to decode, more than the "
@@ -117,6 +122,11 @@ class Decoder:
         else:
             self._idle.put_nowait(process)
         return self._parse(reply[1:])
+
+    @staticmethod
+    def finish(image: np.ndarray | Image.Image) -> np.ndarray:
+        """What `decode` returned -> (28, 28) float32: a thumbnail is decoded and preprocessed here."""
+        return to_mnist(decode_pixels(image)) if isinstance(image, Image.Image) else image
 
     async def _acquire(self, deadline: float) -> DecoderProcess:
         if self._waiting >= self.max_queue:

@@ -26,7 +26,9 @@ REQUEST_SECONDS = Histogram(
     "digitsum_request_duration_seconds", "HTTP request latency", ["route", "method", "status"], buckets=LATENCY_BUCKETS
 )
 IN_FLIGHT = Gauge("digitsum_requests_in_flight", "HTTP requests being served", multiprocess_mode="livesum")
-DECODE_SECONDS = Histogram("digitsum_decode_seconds", "image decoding and preprocessing time", buckets=LATENCY_BUCKETS)
+DECODE_SECONDS = Histogram(  # a thumbnail's own decoding is in its batch's inference time
+    "digitsum_decode_seconds", "time to decode an upload before its batch", buckets=LATENCY_BUCKETS
+)
 QUEUE_WAIT_SECONDS = Histogram(
     "digitsum_queue_wait_seconds", "time a request waited for its batch", buckets=LATENCY_BUCKETS
 )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from app.batching import BatcherClosed, BatchFailed, BatchTimeout, MicroBatcher, QueueFull, TimedResult
 from app.decoder import DecodeLimits, Decoder
@@ -16,6 +17,7 @@ from app.metrics import BatchMetrics
 from app.middleware import request_id
 from app.model import Model, Prediction
 from app.settings import Settings
+from app.upload import ImageError, UnsupportedImage
 
 log = logging.getLogger("digitsum")
 
@@ -27,9 +29,15 @@ SELF_TEST = [("selftest-7.png", 2, 7), ("selftest-0.png", 9, 0), ("selftest-3.pn
 
 @dataclass(frozen=True)
 class Job:
-    image: np.ndarray  # (28, 28) float32 in [0, 1]
+    image: np.ndarray | Image.Image  # (28, 28) float32 in [0, 1], or a checked thumbnail (Decoder.decode)
     number: int
     request_id: str = "-"  # a batch mixes requests: its log lines name them all
+
+
+@dataclass(frozen=True)
+class Answer:
+    prediction: Prediction
+    pixels: np.ndarray  # (28, 28): what the network saw
 
 
 class Predictor:
@@ -37,7 +45,7 @@ class Predictor:
 
     def __init__(self, model: Model, settings: Settings) -> None:
         self.model, self.settings = model, settings
-        self.batcher: MicroBatcher[Job, Prediction] = MicroBatcher(
+        self.batcher: MicroBatcher[Job, Answer | ImageError] = MicroBatcher(
             self._run_batch,
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_batch_wait_ms / 1000,
@@ -57,14 +65,16 @@ class Predictor:
         if not self.ready:
             raise Unavailable(f"The model is not ready yet ({self.status}); retry shortly.")
 
-    async def decode(self, data: bytes, deadline: float) -> np.ndarray:
-        """Upload bytes -> (28, 28) float32 in [0, 1] (app/decoder.py says where and within which limits)."""
+    async def decode(self, data: bytes, deadline: float) -> np.ndarray | Image.Image:
+        """Upload bytes -> (28, 28) float32 in [0, 1], or a checked thumbnail that its batch finishes
+        (app/decoder.py says where and within which limits)."""
         return await self.decoder.decode(data, deadline)
 
-    async def predict(self, image: np.ndarray, number: int, deadline: float) -> TimedResult[Prediction]:
+    async def predict(self, image: np.ndarray | Image.Image, number: int, deadline: float) -> TimedResult[Answer]:
+        """What `decode` returned and the number -> the answer; a thumbnail's image error is raised here."""
         timeout_s = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
-            return await self.batcher.submit_timed(Job(image, number, request_id.get()), timeout_s=timeout_s)
+            timed = await self.batcher.submit_timed(Job(image, number, request_id.get()), timeout_s=timeout_s)
         except QueueFull as exc:
             raise Unavailable(
                 "The service is at capacity; retry shortly.", {"Retry-After": str(exc.retry_after_s)}
@@ -73,15 +83,33 @@ class Predictor:
             raise TimedOut("The model could not answer in time; retry shortly.") from None
         except (BatchFailed, BatcherClosed):
             raise Unavailable("The model failed on this request's batch; retry shortly.") from None
+        if isinstance(timed.value, ImageError):
+            raise timed.value
+        return TimedResult(timed.value, timed.queue_s, timed.inference_s, timed.batch_size)
 
-    def _run_batch(self, jobs: list[Job]) -> list[Prediction]:
+    def _run_batch(self, jobs: list[Job]) -> list[Answer | ImageError]:
+        """Finish the batch's thumbnails, then one forward pass over every image that has pixels."""
+        images: list[np.ndarray | ImageError] = []
+        for job in jobs:
+            try:
+                images.append(Decoder.finish(job.image))
+            except ImageError as exc:  # e.g. no digit in it: that request gets its 4xx, the others their answers
+                images.append(exc)
+            except Exception:  # a bug, not the client's fault: logged, and this request alone fails
+                log.exception("preprocessing a thumbnail failed", extra={"request_id": job.request_id})
+                images.append(UnsupportedImage("The image could not be decoded; send a PNG or JPEG image."))
+        ready = [(job, pixels) for job, pixels in zip(jobs, images, strict=True) if isinstance(pixels, np.ndarray)]
+        predictions = iter(self._forward(ready) if ready else [])
+        return [pixels if isinstance(pixels, ImageError) else Answer(next(predictions), pixels) for pixels in images]
+
+    def _forward(self, ready: list[tuple[Job, np.ndarray]]) -> list[Prediction]:
         try:
-            return self.model.predict(np.stack([job.image for job in jobs]), [job.number for job in jobs])
+            return self.model.predict(np.stack([pixels for _, pixels in ready]), [job.number for job, _ in ready])
         except Exception:  # e.g. CUDA out of memory: these requests get 503, the service keeps serving
             # This thread serves no single request, so the line names them all (warm-up jobs are all "-").
-            ids = ",".join(dict.fromkeys(job.request_id for job in jobs))
+            ids = ",".join(dict.fromkeys(job.request_id for job, _ in ready))
             log.exception(
-                "forward pass failed for a batch of %d; its requests get 503", len(jobs), extra={"request_id": ids}
+                "forward pass failed for a batch of %d; its requests get 503", len(ready), extra={"request_id": ids}
             )
             raise
 
@@ -120,7 +148,7 @@ class Predictor:
         for name, number, digit in SELF_TEST:
             deadline = asyncio.get_running_loop().time() + 60  # the first upload waits for a decoder process to start
             image = await self.decode((ASSETS / name).read_bytes(), deadline)
-            got = (await self.predict(image, number, deadline)).value
+            got = (await self.predict(image, number, deadline)).value.prediction
             if (got.digit, got.sum) != (digit, digit + number):
                 return f"{name}: expected digit {digit}, sum {digit + number}; got {got.digit}, {got.sum}"
         return None

@@ -2,7 +2,7 @@
 
 `open_checked` parses the header only (tens of microseconds, whatever the size) and refuses what is not an
 accepted image, or what would cost too much to decode, before any pixel is decoded; `decode_pixels` then decodes it.
-app/decoder.py decides where that runs (inline for thumbnails, else in a decoder process with hard limits);
+app/decoder.py decides where that runs (thumbnails in the batch thread, else a decoder process with hard limits);
 app/preprocess.py turns the image into what the network saw in training.
 
 Accepted: PNG, JPEG, WebP, BMP, GIF and TIFF, one frame (a camera's MPO counts as its first frame), at most

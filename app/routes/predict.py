@@ -92,16 +92,19 @@ async def predict(
     predictor.require_ready()
     deadline = predictor.deadline()
     start = time.perf_counter()
-    pixels = await predictor.decode(await image.read(), deadline)
+    decoded_image = await predictor.decode(await image.read(), deadline)
     decoded = time.perf_counter()
     DECODE_SECONDS.observe(decoded - start)
-    timed = await predictor.predict(pixels, number, deadline)
+    timed = await predictor.predict(decoded_image, number, deadline)
     response.headers[MODEL_HEADER] = predictor.model.sha256[:12]
     response.headers["Server-Timing"] = (
         f"decode;dur={(decoded - start) * 1000:.2f}, queue;dur={timed.queue_s * 1000:.2f}, "
         f"inference;dur={timed.inference_s * 1000:.2f}"
     )
-    return encode(timed.value, number, low_confidence_threshold(settings, predictor), pixels if debug else None)
+    answer = timed.value
+    return encode(
+        answer.prediction, number, low_confidence_threshold(settings, predictor), answer.pixels if debug else None
+    )
 
 
 def low_confidence_threshold(settings: Settings, predictor: Predictor) -> float:
@@ -145,7 +148,7 @@ async def predict_batch(
 async def one_item(predictor: Predictor, data: bytes, number: int, deadline: float) -> Prediction | ServiceError:
     """One image of a batch: its prediction, or the error it would have got alone (the others go on)."""
     try:
-        return (await predictor.predict(await predictor.decode(data, deadline), number, deadline)).value
+        return (await predictor.predict(await predictor.decode(data, deadline), number, deadline)).value.prediction
     except ServiceError as exc:
         return exc
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import gc
 import hashlib
 import io
+import threading
 import time
 
 import numpy as np
@@ -176,22 +176,21 @@ def test_readiness_stays_red_when_the_self_test_fails(tmp_path, sample: Sample) 
         assert response.json()["detail"].startswith("The model is not ready yet (self-test failed")
 
 
-def test_thumbnails_are_preprocessed_on_the_event_loop_and_bigger_uploads_in_a_decoder_process(
+def test_thumbnails_are_preprocessed_in_the_batch_thread_and_bigger_uploads_in_a_decoder_process(
     client: TestClient, sample: Sample, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     where: list[str] = []
     inline, in_process = decoder_module.to_mnist, decoder_module.DecoderProcess.round_trip
 
-    def on_loop(*args):  # type: ignore[no-untyped-def]
-        where.append("loop")
-        asyncio.get_running_loop()  # raises outside the event loop's thread
+    def in_the_batch_thread(*args):  # type: ignore[no-untyped-def]
+        where.append(threading.current_thread().name.rsplit("_", 1)[0])
         return inline(*args)
 
     def in_a_process(*args):  # type: ignore[no-untyped-def]
         where.append("process")
         return in_process(*args)
 
-    monkeypatch.setattr(decoder_module, "to_mnist", on_loop)
+    monkeypatch.setattr(decoder_module, "to_mnist", in_the_batch_thread)
     monkeypatch.setattr(decoder_module.DecoderProcess, "round_trip", in_a_process)
     digit, label = sample.test.images[0], int(sample.test.labels[0])
     big = np.asarray(Image.fromarray(digit).resize((280, 280)))
@@ -201,7 +200,7 @@ def test_thumbnails_are_preprocessed_on_the_event_loop_and_bigger_uploads_in_a_d
         response = post(client, image, 1)
         assert response.status_code == 200, response.text
         assert response.json()["digit"] == label
-    assert where == ["loop", "process", "process"]
+    assert where == ["digitsum-batch", "process", "process"]
 
 
 def text_chunk(text: str) -> PngImagePlugin.PngInfo:

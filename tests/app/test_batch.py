@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
+from app import decoder as decoder_module
 from tests.support import hostile_inputs as hi
 from tests.support.digits import Sample
 from tests.support.service import png_bytes
@@ -82,3 +86,28 @@ def test_missing_fields_and_a_body_that_is_not_a_form(client: TestClient, sample
     )
     response = client.post("/predict/batch", json={"images": []})
     assert response.status_code == 415 and response.json()["detail"].startswith("The body is application/json")
+
+
+def test_a_bug_in_one_thumbnails_preprocessing_fails_only_that_image(
+    client: TestClient, sample: Sample, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Thumbnails are preprocessed in the batch thread, beside the others of their batch: an unexpected error in
+    one is logged and answered like an undecodable file, and the rest of the batch is served."""
+    real = decoder_module.to_mnist
+
+    def broken_on_blank(image):  # type: ignore[no-untyped-def]
+        if not np.asarray(image).any():
+            raise RuntimeError("a bug")
+        return real(image)
+
+    monkeypatch.setattr(decoder_module, "to_mnist", broken_on_blank)
+    uploads = [
+        png_bytes(sample.test.images[0]),
+        png_bytes(np.zeros((28, 28), np.uint8)),
+        png_bytes(sample.test.images[1]),
+    ]
+    with caplog.at_level(logging.ERROR, logger="digitsum"):
+        results = client.post("/predict/batch", files=files(*uploads), data={"numbers": "2"}).json()["results"]
+    assert [r["status"] for r in results] == [200, 415, 200]
+    assert results[1]["detail"] == "The image could not be decoded; send a PNG or JPEG image."
+    assert "preprocessing a thumbnail failed" in caplog.text
