@@ -72,7 +72,8 @@ class DecodeLimits:
 
 
 class Decoder:
-    """Upload bytes -> (28, 28) float32, on the loop or in one of `processes` decoder processes."""
+    """Upload bytes -> (28, 28) float32: thumbnails checked here and finished in the batch thread, anything else in
+    one of `processes` decoder processes."""
 
     def __init__(self, limits: DecodeLimits, processes: int, max_queue: int) -> None:
         self.limits, self.processes, self.max_queue = limits, processes, max_queue
