@@ -149,7 +149,7 @@ class Decoder:
         if kind == b"E" and name in _ERRORS:
             raise _ERRORS[name](message.decode())
         log.error("a decoder process failed on an upload: %s", body[:500].decode(errors="replace"))
-        raise UnsupportedImage("The image could not be decoded; send a PNG or JPEG image.")
+        raise undecodable()
 
     def _died(self, process: DecoderProcess) -> ImageError:
         if process.process.exitcode == -signal.SIGPROF:
@@ -158,7 +158,7 @@ class Decoder:
                 "send a smaller or simpler file (a baseline JPEG or a PNG)."
             )
         log.error("a decoder process died (exit status %s) on an upload", process.process.exitcode)
-        return UnsupportedImage("The image could not be decoded; send a PNG or JPEG image.")
+        return undecodable()
 
     def _replace(self, process: DecoderProcess) -> None:
         process.kill()
@@ -174,6 +174,11 @@ class Decoder:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def undecodable() -> UnsupportedImage:
+    """The answer for an upload whose decoding failed by a fault of ours (logged where it happened)."""
+    return UnsupportedImage("The image could not be decoded; send a PNG or JPEG image.")
 
 
 class DecoderProcess:

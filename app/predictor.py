@@ -11,13 +11,13 @@ import numpy as np
 from PIL import Image
 
 from app.batching import BatcherClosed, BatchFailed, BatchTimeout, MicroBatcher, QueueFull, TimedResult
-from app.decoder import DecodeLimits, Decoder
+from app.decoder import DecodeLimits, Decoder, undecodable
 from app.errors import TimedOut, Unavailable
 from app.metrics import BatchMetrics
 from app.middleware import request_id
 from app.model import Model, Prediction
 from app.settings import Settings
-from app.upload import ImageError, UnsupportedImage
+from app.upload import ImageError
 
 log = logging.getLogger("digitsum")
 
@@ -97,7 +97,7 @@ class Predictor:
                 images.append(exc)
             except Exception:  # a bug, not the client's fault: logged, and this request alone fails
                 log.exception("preprocessing a thumbnail failed", extra={"request_id": job.request_id})
-                images.append(UnsupportedImage("The image could not be decoded; send a PNG or JPEG image."))
+                images.append(undecodable())
         ready = [(job, pixels) for job, pixels in zip(jobs, images, strict=True) if isinstance(pixels, np.ndarray)]
         predictions = iter(self._forward(ready) if ready else [])
         return [pixels if isinstance(pixels, ImageError) else Answer(next(predictions), pixels) for pixels in images]
