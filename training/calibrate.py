@@ -1,7 +1,7 @@
 """Honest confidence: temperatures and the low-confidence threshold, fitted on training images held out of training.
 
-The held-out images are seen in the ways users send them (plain, re-drawn with the page's round brush at
-random widths, slanted and shifted), so the fit covers the inputs the service meets, and the test split is
+The held-out images are seen in the ways users send them (plain, drawn as the draw page draws them at random
+sizes, slanted and shifted), so the fit covers the inputs the service meets, and the test split is
 never touched. Temperatures divide each head's logits inside the exported module; the threshold goes in the card.
 """
 
@@ -14,10 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.augment import augment, brush_render
+from training.augment import augment
 from training.data import Split
 from training.model import DigitSumNet
-from training.strokes import stroke_maps
+from training.page import drawn_versions
 
 ECE_BINS = 15
 FLAG_RIGHT_SHARE = 0.02  # the threshold flags this share of right answers on the held-out views (target: <= 3%)
@@ -34,13 +34,11 @@ class Views:
 
 
 def held_out_views(held: Split, seed: int, device: torch.device) -> Views:
-    """Five views of each held-out image: plain, two round-brush re-drawings, augmented, re-drawn and augmented."""
+    """Five views of each held-out image: plain, two page drawings, augmented, drawn and augmented."""
     generator = torch.Generator().manual_seed(seed + 7)
     plain = held.images.unsqueeze(1).float() / 255
-    dist, long_side = stroke_maps(held.images)
-    drawn = [brush_render(dist, long_side, generator) for _ in range(2)]
-    mixed = augment(brush_render(dist, long_side, generator), generator)
-    views = [plain, *drawn, augment(plain.clone(), generator), mixed]
+    drawn = torch.from_numpy(drawn_versions(held.images.numpy(), 3, seed + 7)).unsqueeze(2).float() / 255
+    views = [plain, drawn[0], drawn[1], augment(plain.clone(), generator), augment(drawn[2], generator)]
     images = torch.cat(views)
     digits = held.labels.repeat(len(views))
     numbers = torch.randint(0, 10, (len(digits),), generator=generator)
@@ -103,7 +101,7 @@ def calibrate(model: DigitSumNet, held: Split, seed: int, device: torch.device) 
         "sum_temperature": round(t_sum, 4),
         "low_confidence_threshold": round(threshold, 4),
         "fitted_on": f"{len(held.labels)} training images held out of training, 5 views each "
-        "(plain, 2 round-brush re-drawings, augmented, re-drawn + augmented)",
+        "(plain, 2 page drawings, augmented, drawn + augmented)",
         "held_out_digit_accuracy": round(float(correct.mean()), 5),
         "held_out_ece_before": round(expected_calibration_error(before, correct), 5),
         "held_out_ece_after": round(expected_calibration_error(after, correct), 5),

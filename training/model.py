@@ -121,8 +121,9 @@ class DigitSumNet(nn.Module):
         }
 
     def inference_copy(self) -> "DigitSumNet":
-        """A CPU copy in eval mode with batch norm folded into the convs: what export and latency use."""
-        model = copy.deepcopy(self).cpu().eval()
+        """A CPU copy in eval mode with batch norm folded into the convs, in the default memory layout (training
+        may run channels-last; app/model.py picks the layout it serves in): what export and latency use."""
+        model = copy.deepcopy(self).cpu().eval().to(memory_format=torch.contiguous_format)
         model.digit.fold_batchnorm()
         return model
 

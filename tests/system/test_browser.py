@@ -10,6 +10,7 @@ artifacts/browser/ (docs/screenshot.png is artifacts/browser/desktop-7.png from 
 from __future__ import annotations
 
 import base64
+import io
 import itertools
 import json
 import math
@@ -26,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from app.preprocess import to_mnist
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.digits import Sample
 from tests.support.service import ROOT, png_bytes
@@ -216,6 +219,22 @@ def test_a_drawn_digit_is_recognised_and_added(page: Page, digit: int, number: i
     expect_result(page, digit, number)
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=ARTIFACTS / f"desktop-{digit}.png")
+
+
+@pytest.mark.parametrize(("digit", "strokes"), [(0, ZERO), (4, FOUR), (7, SEVEN)], ids=["0", "4", "7"])
+def test_training_draws_strokes_as_this_page_does(page: Page, digit: int, strokes: list[Stroke]) -> None:
+    """training/page.py makes the page's drawings for training: the same strokes must give what the network sees."""
+    from training.page import render  # the service's tests never need training/; this one checks it against the page
+
+    draw(page, strokes)
+    result = predict(page)
+    seen_png = base64.b64decode(result["input_image"].split(",", 1)[1])
+    seen = np.asarray(Image.open(io.BytesIO(seen_png)), dtype=np.float32) / 255
+    ours = to_mnist(render(strokes))
+    # centring by the centre of mass rounds to whole pixels, so the two may sit one pixel apart
+    apart = min(np.abs(np.roll(seen, (dy, dx), (0, 1)) - ours).mean() for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    assert result["digit"] == digit
+    assert apart < 0.03 and abs(ours.sum() / seen.sum() - 1) < 0.1, (apart, ours.sum(), seen.sum())
 
 
 def test_lifting_the_pen_predicts_by_itself(page: Page) -> None:

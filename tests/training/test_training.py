@@ -19,12 +19,11 @@ import torch
 from tests.support.digits import load_sample as load_for_service_tests
 from tests.support.service import ROOT
 from training import data as digit_data
-from training.augment import augment, brush_render
+from training.augment import augment
 from training.calibrate import expected_calibration_error, fit_temperature
 from training.config import TrainConfig
 from training.data import PairedDigits, Split, sample_csv_path
 from training.model import DigitSumNet
-from training.strokes import stroke_maps
 from training.train import run
 
 
@@ -82,11 +81,11 @@ def test_augmentation_keeps_shape_range_and_is_seeded() -> None:
     assert 0 <= a.min() and a.max() <= 1 and not torch.equal(a, images)
 
 
-EVERY_STAGE = ("--drawn-share", "0.5", "--holdout-per-digit", "5")  # round-brush re-drawing, calibration
+EVERY_STAGE = ("--drawn-share", "0.5", "--holdout-per-digit", "5")  # page drawings, calibration (the defaults' kind)
 
 
 def dry_run(out: Path, *extra: str) -> dict[str, object]:
-    """A dry run with every optional stage on: round-brush re-drawing and calibration on held-out images."""
+    """A dry run with every stage on: page drawings and calibration on held-out images."""
     return run(TrainConfig.from_args(["--dry-run", "--out", str(out), "--device", "cpu", *EVERY_STAGE, *extra]))
 
 
@@ -210,20 +209,6 @@ def test_held_out_images_are_the_last_of_each_digit_and_never_train(sample: digi
         of_digit = sample.train.images[sample.train.labels == digit]
         assert torch.equal(held.images[held.labels == digit], of_digit[-40:])
         assert torch.equal(train.images[train.labels == digit], of_digit[:-40])
-
-
-def test_round_brush_redraws_digits_fitted_mnist_style(sample: digit_data.DigitData) -> None:
-    dist, long_side = stroke_maps(sample.train.images[:20])
-    thin = brush_render(dist, long_side, torch.Generator().manual_seed(0), width_share=(0.08, 0.08))
-    thick = brush_render(dist, long_side, torch.Generator().manual_seed(0), width_share=(0.3, 0.3))
-    assert thin.shape == (20, 1, 28, 28) and torch.allclose(thin.amax((1, 2, 3)), torch.ones(20))
-    assert (thick > 0.5).sum() > 1.5 * (thin > 0.5).sum()  # the page's brush on a small digit: thick strokes
-    for image in thick[:, 0]:
-        rows, cols = torch.nonzero(image > 0.05, as_tuple=True)
-        assert 18 <= max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 <= 22  # long side ~20 of 28
-        grid = torch.arange(28.0)
-        centre = ((image.sum(1) * grid).sum() / image.sum(), (image.sum(0) * grid).sum() / image.sum())
-        assert all(abs(c - 13.5) < 1.0 for c in centre)  # centre of mass at the centre
 
 
 def test_temperature_fit_recovers_a_known_temperature() -> None:
