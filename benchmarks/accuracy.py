@@ -4,6 +4,11 @@
     python -m benchmarks.accuracy       # -> benchmarks/results/accuracy.md and .json (about 1 min on 2 CPU cores)
     python -m benchmarks.accuracy --model runs/x/digitsum.pt --out /tmp/x.md
 
+The drawn digits are split in two halves by file number: benchmarks/recipes.py compares recipes on the even
+ones (the dev half), so the odd ones (the report half) are the drawn figure that no choice has seen.
+Digits by other writers are scikit-learn's copy of the UCI optical digits (1,797 digits written by 43 people,
+8x8 at 17 grey levels), each sent as a 64x64 PNG scan; nothing is trained, tuned or chosen on them.
+
 Every answer is the service's own (app.model.Model.predict after app.preprocess for files), with every
 image asked with all ten numbers; low_confidence is the service's rule with the card's calibrated threshold.
 """
@@ -11,11 +16,14 @@ image asked with all ten numbers; low_confidence is the service's rule with the 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from sklearn.datasets import load_digits
 
 from app.model import DeviceChoice, Model
 from app.preprocess import preprocess
@@ -30,6 +38,7 @@ DRAWN = ROOT / "data" / "drawn"
 MAX_PIXELS = 40_000_000
 FALLBACK_THRESHOLD = 0.6  # a card without calibration: the service's old default
 BINS = 15
+DRAWN_REPORT = "drawn on the page, report half (strokes of 100 held-out training images)"
 
 
 def ece(confidence: np.ndarray, correct: np.ndarray) -> float:
@@ -84,10 +93,37 @@ def score(model: Model, pixels: np.ndarray, labels: np.ndarray, threshold: float
     }
 
 
+def other_writers() -> tuple[list[bytes], np.ndarray]:
+    """The UCI optical digits (43 writers, not MNIST's), each as the PNG of a 64x64 scan of its 8x8 grid."""
+    uci = load_digits()
+    scans = [Image.fromarray((image * 255 / 16).astype(np.uint8)).resize((64, 64), Image.Resampling.BILINEAR)
+             for image in uci.images]  # fmt: skip
+    return [png_file(scan) for scan in scans], uci.target
+
+
+def png_file(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def drawn_halves() -> dict[str, list[Path]]:
+    """The drawn digits: the dev half (even file numbers: recipes are chosen on it) and the report half (odd)."""
+    drawn = files("digits")
+    return {"dev": drawn[0::2], "report": drawn[1::2]}
+
+
 def files(kind: str) -> list[Path]:
     found = sorted((DRAWN / kind).glob("*.png"))
     assert found, f"no {DRAWN / kind}/*.png: run `python -m benchmarks.drawn_set` first"
     return found
+
+
+def drawings(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed drawn digits and their labels (from the file names); every one must hold a digit."""
+    pixels, refused = decoded([p.read_bytes() for p in paths])
+    assert not refused.any(), f"{refused.sum()} drawn digits were refused as 'no digit'"
+    return pixels, np.array([int(p.stem.split("-")[1]) for p in paths])
 
 
 def decoded(blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -129,10 +165,8 @@ def main() -> None:
     threshold = float(model.metadata.get("calibration", {}).get("low_confidence_threshold", FALLBACK_THRESHOLD))
     test = load_sample().test
     uploads = user_style_uploads(test.images, test.labels, seed=0)
-    drawn = files("digits")
-    drawn_pixels, drawn_refused = decoded([p.read_bytes() for p in drawn])
-    drawn_labels = np.array([int(p.stem.split("-")[1]) for p in drawn])
-    assert not drawn_refused.any(), f"{drawn_refused.sum()} drawn digits were refused as 'no digit'"
+    drawn = {half: drawings(paths) for half, paths in drawn_halves().items()}
+    writers, writer_labels = other_writers()
     sets = {
         "MNIST test split, 28x28 as trained": score(
             model, test.images.astype(np.float32) / 255, test.labels, threshold
@@ -143,7 +177,11 @@ def main() -> None:
         "user-style uploads of the test split": score(
             model, np.stack([preprocess(u[0], MAX_PIXELS) for u in uploads]), test.labels, threshold
         ),
-        "drawn on the page (strokes of 400 training images)": score(model, drawn_pixels, drawn_labels, threshold),
+        DRAWN_REPORT: score(model, *drawn["report"], threshold),
+        "drawn on the page, dev half (recipes are chosen on it)": score(model, *drawn["dev"], threshold),
+        "other writers: UCI optical digits as 64x64 scans": score(
+            model, np.stack([preprocess(png, MAX_PIXELS) for png in writers]), writer_labels, threshold
+        ),
     }
     result = {
         "model": args.model.name,
@@ -176,12 +214,13 @@ def report(r: dict) -> str:  # type: ignore[type-arg]
             f"| {s['heads_disagree']} | {s['ece_uncalibrated']:.4f} | {s['ece']:.4f} | {pct(s['flagged_errors'])} "
             f"| {pct(s['flagged_right'])} |"
         )
-    drawn = r["sets"]["drawn on the page (strokes of 400 training images)"]
+    drawn = r["sets"][DRAWN_REPORT]
     lines += [
         "",
-        "Drawn digits, accuracy per digit: " + ", ".join(f"{d}: {pct(v)}" for d, v in drawn["per_digit"].items()),
+        "Drawn digits (report half), accuracy per digit: "
+        + ", ".join(f"{d}: {pct(v)}" for d, v in drawn["per_digit"].items()),
         "",
-        "Drawn digits, confusions (true->read: count): "
+        "Drawn digits (report half), confusions (true->read: count): "
         + (", ".join(f"{k}: {v}" for k, v in drawn["confusions"].items()) or "none"),
         "",
     ]

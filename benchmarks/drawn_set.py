@@ -3,9 +3,10 @@
     python -m benchmarks.drawn_set                 # data/drawn/: 600 digits + 100 non-digits (20 min on 2 busy cores)
     python -m benchmarks.drawn_set --digits 200    # a quicker, smaller set
 
-Digits: the pen paths (skeletons) of the 400 training images that `--holdout-per-digit 40` holds out for
-calibration (the last 40 of each digit of the sample's training split; never test data), each
-replayed with the mouse at 1-2 random sizes (25-85% of the canvas) and positions, so the page's fixed
+Digits: the pen paths (skeletons) of the 100 training images that the default recipe holds out for
+calibration (`--holdout-per-digit 10`: the last 10 of each digit of the sample's training split; never test
+data), so no model trained by it has seen them, nor their drawings. Each is
+replayed with the mouse 6 times at random sizes (25-85% of the canvas) and positions, so the page's fixed
 brush makes strokes thin to thick. Non-digits: letters, shapes and scribbles drawn the same way. What the
 page uploads on Predict (its canvas PNG) is saved as data/drawn/{digits,other}/NNNN-LABEL.png.
 """
@@ -17,87 +18,24 @@ import base64
 import math
 
 import numpy as np
-from PIL import Image
 from playwright.sync_api import Page, sync_playwright
-from skimage.morphology import skeletonize
 
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.digits import load_sample
 from tests.support.live_server import live_server
 from tests.support.service import ROOT
+from training.strokes import Stroke, digit_strokes
 
 OUT = ROOT / "data" / "drawn"
-HELD_OUT_PER_DIGIT = 40  # training/config.py holdout_per_digit: these images train nothing
+HELD_OUT_PER_DIGIT = 10  # training/config.py holdout_per_digit: these images train nothing
 STEP_PX = 10  # the mouse moves at most this far between pointer events (a hand at 60 events/s moves 5-15 px)
-Stroke = list[tuple[float, float]]  # (x, y) in [0, 1] of the canvas
-
-NEIGHBOURS = [(-1, 0), (0, 1), (1, 0), (0, -1), (-1, 1), (1, 1), (1, -1), (-1, -1)]  # 4-neighbours first
 
 
-def held_out_digits() -> tuple[np.ndarray, np.ndarray]:
+def held_out_digits(per_digit: int = HELD_OUT_PER_DIGIT) -> tuple[np.ndarray, np.ndarray]:
+    """The last `per_digit` training images of each digit: what `--holdout-per-digit` keeps out of training."""
     train = load_sample().train
-    index = np.concatenate([np.flatnonzero(train.labels == d)[-HELD_OUT_PER_DIGIT:] for d in range(10)])
+    index = np.concatenate([np.flatnonzero(train.labels == d)[-per_digit:] for d in range(10)])
     return train.images[index], train.labels[index]
-
-
-def skeleton(digit: np.ndarray) -> np.ndarray:
-    """(28, 28) uint8 -> (56, 56) bool centre line (as training/strokes.py makes it)."""
-    big = np.asarray(Image.fromarray(digit).resize((56, 56), Image.Resampling.BILINEAR), dtype=np.float32)
-    return skeletonize(big / 255 > 0.4)
-
-
-def trace(skel: np.ndarray) -> list[np.ndarray]:
-    """Skeleton pixels -> pen paths (k, 2) as (row, col): walk from endpoints (then any pixel, for loops)."""
-    on = {(int(r), int(c)) for r, c in zip(*np.nonzero(skel), strict=True)}
-    todo = set(on)
-
-    def around(p: tuple[int, int], pool: set[tuple[int, int]]) -> list[tuple[int, int]]:
-        return [(p[0] + dr, p[1] + dc) for dr, dc in NEIGHBOURS if (p[0] + dr, p[1] + dc) in pool]
-
-    paths = []
-    while todo:
-        ends = [p for p in todo if len(around(p, on)) <= 1]
-        start = min(ends or todo)  # top-most end first, as people start at the top
-        drawn = around(start, on - todo)  # a branch starts where the pen already went: join it
-        path, here = [*drawn[:1], start], start
-        todo.discard(start)
-        while nxt := around(here, todo):
-            here = nxt[0]
-            todo.discard(here)
-            path.append(here)
-        if len(path) > 8 and max(abs(path[-1][0] - path[0][0]), abs(path[-1][1] - path[0][1])) <= 1:
-            path.append(path[0])  # a loop (0, 6, 8, 9): close it
-        elif back := around(here, on - set(path)):
-            path.append(back[0])  # the walk ended beside earlier ink (the middle of a 3): touch it
-        if len(path) >= 3:
-            paths.append(smooth(np.array(path, dtype=np.float32)))
-    return paths
-
-
-def smooth(path: np.ndarray, window: int = 5) -> np.ndarray:
-    """A moving average takes the pixel staircase out of a traced path; its two ends stay put."""
-    if len(path) <= window:
-        return path
-    kernel = np.ones(window) / window
-    padded = np.concatenate([np.repeat(path[:1], window // 2, 0), path, np.repeat(path[-1:], window // 2, 0)])
-    out = np.stack([np.convolve(padded[:, k], kernel, mode="valid") for k in range(2)], 1)
-    out[0], out[-1] = path[0], path[-1]
-    return out
-
-
-def digit_strokes(digit: np.ndarray, rng: np.random.Generator) -> list[Stroke]:
-    """The digit's pen paths, scaled to a random size and placed at a random spot of the canvas."""
-    paths = trace(skeleton(digit))
-    points = np.concatenate(paths)
-    top, left = points.min(0)
-    extent = max(float(np.ptp(points[:, 0])), float(np.ptp(points[:, 1])), 1.0)
-    size = rng.uniform(0.25, 0.85)  # share of the canvas the digit's long side covers
-    h, w = np.ptp(points[:, 0]) / extent * size, np.ptp(points[:, 1]) / extent * size
-    y0, x0 = rng.uniform(0.06, 0.94 - h), rng.uniform(0.06, 0.94 - w)
-    return [
-        [(x0 + (c - left) / extent * size, y0 + (r - top) / extent * size) for r, c in path[::2].tolist() + [path[-1]]]
-        for path in paths
-    ]
 
 
 def letter_strokes(rng: np.random.Generator) -> tuple[str, list[Stroke]]:
