@@ -146,7 +146,7 @@ def test_health_ready_model_and_metrics(client: TestClient, sample: Sample) -> N
     card = client.get("/model").json()
     assert card["device"] == "cpu" and "DIGITSUM_DEVICE=cpu" in card["device_reason"]
     assert card["sha256"] == hashlib.sha256(SHIPPED_MODEL.read_bytes()).hexdigest()
-    assert card["metadata"]["metrics"]["digit_accuracy"] >= 0.99
+    assert card["metadata"]["metrics"]["digit_accuracy"] >= 0.985  # tests/training/test_shipped_model.py: why
     post(client, png_bytes(sample.test.images[0]), 3)
     metrics = client.get("/metrics").text
     for name in (

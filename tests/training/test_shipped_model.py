@@ -28,7 +28,9 @@ def test_shipped_model_meets_the_accuracy_targets(sample: DigitData) -> None:
         sum_pred.append(sum_lp.argmax(1))
     digit_acc = (torch.cat(digit_pred) == pairs.digits).float().mean().item()
     sum_acc = (torch.cat(sum_pred) == pairs.sums).float().mean().item()
-    assert digit_acc >= 0.99 and sum_acc >= 0.99
+    # 98.5%: the default recipe holds 100 images out to calibrate on and trains on page drawings, which cost
+    # MNIST's own test split 0.3% (99.2% before) for +1.7% on page drawings (README, "Recipes")
+    assert digit_acc >= 0.985 and sum_acc >= 0.985
     assert abs(sum_acc - digit_acc) <= 0.001  # the sum head adds no errors of its own
     assert metadata["metrics"]["digit_accuracy"] == round(digit_acc, 5)  # the card tells the truth
     assert metadata["dataset"]["name"] == "sample"
