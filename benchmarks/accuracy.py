@@ -16,7 +16,6 @@ image asked with all ten numbers; low_confidence is the service's rule with the 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
@@ -98,13 +97,7 @@ def other_writers() -> tuple[list[bytes], np.ndarray]:
     uci = load_digits()
     scans = [Image.fromarray((image * 255 / 16).astype(np.uint8)).resize((64, 64), Image.Resampling.BILINEAR)
              for image in uci.images]  # fmt: skip
-    return [png_file(scan) for scan in scans], uci.target
-
-
-def png_file(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return [png_bytes(np.asarray(scan)) for scan in scans], uci.target
 
 
 def drawn_halves() -> dict[str, list[Path]]:
