@@ -89,18 +89,22 @@ class Predictor:
 
     def _run_batch(self, jobs: list[Job]) -> list[Answer | ImageError]:
         """Finish the batch's thumbnails, then one forward pass over every image that has pixels."""
-        images: list[np.ndarray | ImageError] = []
-        for job in jobs:
-            try:
-                images.append(Decoder.finish(job.image))
-            except ImageError as exc:  # e.g. no digit in it: that request gets its 4xx, the others their answers
-                images.append(exc)
-            except Exception:  # a bug, not the client's fault: logged, and this request alone fails
-                log.exception("preprocessing a thumbnail failed", extra={"request_id": job.request_id})
-                images.append(undecodable())
+        images = [
+            self._client_error(job, result) if isinstance(result, Exception) else result
+            for job, result in zip(jobs, Decoder.finish([job.image for job in jobs]), strict=True)
+        ]
         ready = [(job, pixels) for job, pixels in zip(jobs, images, strict=True) if isinstance(pixels, np.ndarray)]
         predictions = iter(self._forward(ready) if ready else [])
         return [pixels if isinstance(pixels, ImageError) else Answer(next(predictions), pixels) for pixels in images]
+
+    @staticmethod
+    def _client_error(job: Job, exc: Exception) -> ImageError:
+        """A thumbnail that failed: e.g. no digit in it, that request's 4xx (the others get their answers); any
+        other exception is a bug, not the client's fault: logged, and this request alone fails."""
+        if isinstance(exc, ImageError):
+            return exc
+        log.error("preprocessing a thumbnail failed", exc_info=exc, extra={"request_id": job.request_id})
+        return undecodable()
 
     def _forward(self, ready: list[tuple[Job, np.ndarray]]) -> list[Prediction]:
         try:

@@ -19,6 +19,8 @@ isolated specks some MNIST images carry are dropped.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -55,13 +57,38 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     Raises NoDigitFound when nothing stands out from the background, UnsupportedImage for a pixel mode
     that has no grey (LAB, HSV).
     """
+    value: Any = image
+    for stage in STAGES:
+        value = stage(value)
+    return value  # type: ignore[no-any-return]
+
+
+def to_mnist_each(images: Sequence[Image.Image | Exception]) -> list[np.ndarray | Exception]:
+    """`to_mnist` of every image, or the exception it raised (an exception given stays as it is).
+
+    The same stages, run stage by stage across the images rather than image by image: each stage's numpy
+    and Pillow code then runs for every image while it is still in the CPU's caches, which costs a batch of
+    small images less (benchmarks/results/serve.md measures both ways); the results are the same arrays, bit
+    for bit.
+    """
+    values: list[Any] = list(images)
+    for stage in STAGES:
+        values = [value if isinstance(value, Exception) else _attempt(stage, value) for value in values]
+    return values
+
+
+def _attempt(stage: Callable[[Any], Any], value: Any) -> Any:
+    try:
+        return stage(value)
+    except Exception as exc:  # the caller tells a client's ImageError from a bug of ours
+        return exc
+
+
+def _check_size(image: Image.Image) -> Image.Image:
     width, height = image.size
     if min(width, height) < MIN_SIDE:
         raise NoDigitFound(f"No digit found in the image: at {width}x{height} pixels it is too small to hold one.")
-    ink, coarse = _ink(_grayscale(image))  # (H, W) signed: digit > 0, background ~ 0; and its (h, w) average
-    window = _digit_window(ink, coarse)  # (h, w) around the digit, <= DIGIT_SIDE
-    digit = _thicken(_crop_to_digit(_clean(window)))  # (h', w') in [0, 1], tight around the ink
-    return _centre_of_mass_to_centre(_fit_box(digit))
+    return image
 
 
 # --- grey levels --------------------------------------------------------------------------------
@@ -153,8 +180,9 @@ def _ink(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (residual, coarse) if bright >= dark else (-residual, -coarse)
 
 
-def _background(gray: np.ndarray) -> np.ndarray:
-    """(H, W) smooth background: a quadratic through the image's border, fitted by trimmed least squares.
+def _background(gray: np.ndarray) -> np.ndarray | float:
+    """(H, W) smooth background, or its one level when flat: a quadratic through the image's border, fitted by
+    trimmed least squares.
 
     The border is paper (or MNIST's black) except where the digit touches it, and trimming the worst 40%
     of border samples leaves those touches out, so a digit filling the frame does not become background.
@@ -162,11 +190,11 @@ def _background(gray: np.ndarray) -> np.ndarray:
     brighter centre.
     """
     if (level := _flat_border(gray)) is not None:  # the usual case for MNIST and clean canvases, ~10x cheaper
-        return np.full(gray.shape, level, dtype=np.float32)
+        return level  # one grey level everywhere
     fine = np.asarray(Image.fromarray(gray).resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX))
     values = fine[_RING]  # (252,)
     if values.min() == values.max():  # a flat border (MNIST's black, a clean canvas): every fit below is this constant
-        return np.full(gray.shape, values[0], dtype=np.float32)
+        return float(values[0])
     design = _RING_TERMS
     # the simplest surface that fits about as well as the full quadratic: flat paper stays flat even
     # when the digit touches the border, and only real gradients or vignetting earn the extra terms
@@ -221,7 +249,7 @@ def _quadratic_terms(y: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def _pixel_noise(image: np.ndarray) -> float:
     """Noise sigma of an (h, w) image from neighbour differences: blind to smooth light and to large ink areas."""
-    steps = np.diff(image, axis=1) if image.shape[1] > 1 else np.diff(image, axis=0)
+    steps = image[:, 1:] - image[:, :-1] if image.shape[1] > 1 else image[1:] - image[:-1]
     return _noise_sigma(steps) / math.sqrt(2)  # a difference of two noisy pixels has sqrt(2) sigma
 
 
@@ -229,9 +257,11 @@ def _noise_sigma(values: np.ndarray) -> float:
     """Robust noise level: the median absolute deviation ignores the (minority) ink pixels."""
     if values.size == 0:
         return 0.0
-    values = values.ravel()[:: max(1, values.size // 16384)]  # a spread-out sample is plenty for a median
+    if (step := values.size // 16384) > 1:
+        values = values.ravel()[::step]  # a spread-out sample is plenty for a median
     if 2 * np.count_nonzero(values) < values.size:  # mostly exact zeros (MNIST's background): median and MAD are 0
         return 0.0
+    values = values.ravel()
     return MAD_TO_SIGMA * _quantile(np.abs(values - _quantile(values, 0.5)), 0.5)
 
 
@@ -249,9 +279,10 @@ _RING, _RING_TERMS = _ring_and_terms(THUMB_SIDE)
 # --- finding the digit --------------------------------------------------------------------------
 
 
-def _digit_window(ink: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+def _digit_window(ink_and_coarse: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """(H, W) signed ink and its (h, w) average -> the region holding the digit, area-averaged to <= DIGIT_SIDE
     (signed). Averaging drowns pixel noise and small specks."""
+    ink, coarse = ink_and_coarse
     bright = np.maximum(coarse, 0)
     # contrast is judged at full resolution (averaging dilutes a small digit's thin strokes), noise where
     # it is averaged (a digit stands far above it, texture and pure noise do not)
@@ -287,8 +318,9 @@ def _otsu(values: np.ndarray) -> float:
     values in two."""
     top = float(values.max())
     level = (values.ravel() * (OTSU_LEVELS / top)).astype(np.intp)
-    np.minimum(level, OTSU_LEVELS - 1, out=level)  # the maximum in the last level
-    p = np.bincount(level, minlength=OTSU_LEVELS) / level.size
+    counts = np.bincount(level, minlength=OTSU_LEVELS + 1)
+    counts[OTSU_LEVELS - 1] += counts[OTSU_LEVELS]  # the maximum (and rounding just above it) in the last level
+    p = counts[:OTSU_LEVELS] / level.size
     w0 = np.cumsum(p)  # share of values at or below each level, and their mean times that share:
     mu0 = np.cumsum(p * (_LEVEL_CENTRES * (top / OTSU_LEVELS)))
     spread = w0 * (1 - w0)
@@ -372,14 +404,32 @@ def _fit_box(digit: np.ndarray) -> np.ndarray:
     return np.minimum(np.maximum(resized, 0), 1)
 
 
+_INDEX = np.arange(BOX)  # int64, as np.arange gives: the products and sums are float64
+
+
 def _centre_of_mass_to_centre(digit: np.ndarray) -> np.ndarray:
     """(h, w) with h, w <= 20 -> (28, 28) float32, shifted by whole pixels to put the mass at the centre."""
     height, width = digit.shape
     total = float(digit.sum())
-    cy = float((digit.sum(axis=1) * np.arange(height)).sum()) / total
-    cx = float((digit.sum(axis=0) * np.arange(width)).sum()) / total
+    cy = float((digit.sum(axis=1) * _INDEX[:height]).sum()) / total
+    cx = float((digit.sum(axis=0) * _INDEX[:width]).sum()) / total
     top, left = round(CENTRE - cy), round(CENTRE - cx)  # may reach past the field for a lopsided digit
     field = np.zeros((SIDE + 2 * BOX, SIDE + 2 * BOX), dtype=np.float32)  # margin so any placement fits
     field[BOX + top : BOX + top + height, BOX + left : BOX + left + width] = digit
     out = field[BOX : BOX + SIDE, BOX : BOX + SIDE]
     return out / max(float(out.max()), 1e-6)  # stroke maximum 1, as in MNIST
+
+
+# Upload -> 28x28, in order: (H, W) signed ink and its (h, w) average -> (h, w) window around the digit, <= DIGIT_SIDE
+# -> (h', w') in [0, 1], tight around the ink -> long side BOX -> (28, 28)
+STAGES: tuple[Callable[[Any], Any], ...] = (
+    _check_size,
+    _grayscale,
+    _ink,
+    _digit_window,
+    _clean,
+    _crop_to_digit,
+    _thicken,
+    _fit_box,
+    _centre_of_mass_to_centre,
+)

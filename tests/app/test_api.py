@@ -180,17 +180,18 @@ def test_thumbnails_are_preprocessed_in_the_batch_thread_and_bigger_uploads_in_a
     client: TestClient, sample: Sample, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     where: list[str] = []
-    inline, in_process = decoder_module.to_mnist, decoder_module.DecoderProcess.round_trip
+    inline, in_process = decoder_module.to_mnist_each, decoder_module.DecoderProcess.round_trip
 
-    def in_the_batch_thread(*args):  # type: ignore[no-untyped-def]
-        where.append(threading.current_thread().name.rsplit("_", 1)[0])
-        return inline(*args)
+    def in_the_batch_thread(images):  # type: ignore[no-untyped-def]
+        if images:  # a batch of decoded uploads finishes no thumbnail
+            where.append(threading.current_thread().name.rsplit("_", 1)[0])
+        return inline(images)
 
     def in_a_process(*args):  # type: ignore[no-untyped-def]
         where.append("process")
         return in_process(*args)
 
-    monkeypatch.setattr(decoder_module, "to_mnist", in_the_batch_thread)
+    monkeypatch.setattr(decoder_module, "to_mnist_each", in_the_batch_thread)
     monkeypatch.setattr(decoder_module.DecoderProcess, "round_trip", in_a_process)
     digit, label = sample.test.images[0], int(sample.test.labels[0])
     big = np.asarray(Image.fromarray(digit).resize((280, 280)))

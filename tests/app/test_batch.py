@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app import decoder as decoder_module
+from app import preprocess as preprocess_module
 from tests.support import hostile_inputs as hi
 from tests.support.digits import Sample
 from tests.support.service import png_bytes
@@ -93,14 +93,15 @@ def test_a_bug_in_one_thumbnails_preprocessing_fails_only_that_image(
 ) -> None:
     """Thumbnails are preprocessed in the batch thread, beside the others of their batch: an unexpected error in
     one is logged and answered like an undecodable file, and the rest of the batch is served."""
-    real = decoder_module.to_mnist
+    real = preprocess_module._grayscale
 
     def broken_on_blank(image):  # type: ignore[no-untyped-def]
         if not np.asarray(image).any():
             raise RuntimeError("a bug")
         return real(image)
 
-    monkeypatch.setattr(decoder_module, "to_mnist", broken_on_blank)
+    stages = tuple(broken_on_blank if stage is real else stage for stage in preprocess_module.STAGES)
+    monkeypatch.setattr(preprocess_module, "STAGES", stages)
     uploads = [
         png_bytes(sample.test.images[0]),
         png_bytes(np.zeros((28, 28), np.uint8)),

@@ -80,7 +80,8 @@ async def test_a_decode_over_its_cpu_time_is_413_and_the_next_upload_is_served(s
         decoder.limits = GENEROUS  # the replacement process is started with the limits of the moment
         await asyncio.sleep(0)
         thumbnail = await decoder.decode(png_bytes(sample.test.images[0]), deadline())  # checked, for the batch
-        assert Decoder.finish(thumbnail).shape == (28, 28)
+        (pixels,) = Decoder.finish([thumbnail])
+        assert isinstance(pixels, np.ndarray) and pixels.shape == (28, 28)
     finally:
         await decoder.stop()
 

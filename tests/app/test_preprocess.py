@@ -398,3 +398,31 @@ def test_one_pixel_off_the_level_in_the_frame_leaves_the_border_to_the_fit() -> 
     assert P._flat_border(gray) is None
     gray[1, 14], gray[2, 14] = 0, 0.5  # just inside it
     assert P._flat_border(gray) == 0
+
+
+def test_preprocessing_a_batch_stage_by_stage_gives_each_image_what_to_mnist_gives_it(sample: Sample) -> None:
+    """The batch thread preprocesses its thumbnails together (to_mnist_each): the same arrays, bit for bit, and each
+    failing image keeps its own error at its own place."""
+    rng = np.random.default_rng(0)
+    images: list[Image.Image | Exception] = [Image.fromarray(digit) for digit in sample.test.images[::50]]
+    images += [Image.fromarray(255 - sample.test.images[7]), Image.fromarray(upscaled(sample.test.images[9], 300))]
+    images += [Image.fromarray((rng.random((40, 30)) * 255).astype(np.uint8)) for _ in range(3)]  # noise
+    images.insert(3, Image.new("L", (28, 28)))  # blank: no digit
+    images.insert(5, Image.new("L", (2, 50)))  # too thin
+    images.insert(8, Image.new("LAB", (28, 28)))  # no grey
+    images.insert(1, UnsupportedImage("given"))  # an earlier step's error passes through
+    together = P.to_mnist_each(images)
+    assert len(together) == len(images)
+    for image, result in zip(images, together, strict=True):
+        if isinstance(image, Exception):
+            assert result is image
+            continue
+        try:
+            alone = to_mnist(image)
+        except ImageError as exc:
+            assert type(result) is type(exc) and str(result) == str(exc)
+        else:
+            assert isinstance(result, np.ndarray) and result.dtype == alone.dtype and np.array_equal(result, alone)
+    blank, thin, lab = together[4], together[6], together[9]
+    assert isinstance(blank, NoDigitFound) and isinstance(thin, NoDigitFound) and isinstance(lab, UnsupportedImage)
+    assert sum(isinstance(result, np.ndarray) for result in together) >= 22
