@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from app.errors import TimedOut, Unavailable
-from app.preprocess import to_mnist, to_mnist_each
+from app.preprocess import attempt, to_mnist, to_mnist_each
 from app.upload import (
     ImageError,
     ImageTooLarge,
@@ -129,7 +129,7 @@ class Decoder:
         """What `decode` returned for a batch -> (28, 28) float32 each: the thumbnails are decoded and preprocessed
         here, together; an image that fails gets its exception (an ImageError is the client's, any other a bug)."""
         thumbnails = [image for image in images if isinstance(image, Image.Image)]
-        finished = iter(to_mnist_each([_decode_pixels(image) for image in thumbnails]))
+        finished = iter(to_mnist_each([attempt(decode_pixels, image) for image in thumbnails]))
         return [next(finished) if isinstance(image, Image.Image) else image for image in images]
 
     async def _acquire(self, deadline: float) -> DecoderProcess:
@@ -177,13 +177,6 @@ class Decoder:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _decode_pixels(image: Image.Image) -> Image.Image | Exception:
-    try:
-        return decode_pixels(image)
-    except Exception as exc:  # only ImageError on purpose (as_image_error); anything else is a bug, kept for the log
-        return exc
 
 
 def undecodable() -> UnsupportedImage:

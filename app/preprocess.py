@@ -73,11 +73,12 @@ def to_mnist_each(images: Sequence[Image.Image | Exception]) -> list[np.ndarray 
     """
     values: list[Any] = list(images)
     for stage in STAGES:
-        values = [value if isinstance(value, Exception) else _attempt(stage, value) for value in values]
+        values = [value if isinstance(value, Exception) else attempt(stage, value) for value in values]
     return values
 
 
-def _attempt(stage: Callable[[Any], Any], value: Any) -> Any:
+def attempt(stage: Callable[[Any], Any], value: Any) -> Any:
+    """stage(value), or the exception it raised."""
     try:
         return stage(value)
     except Exception as exc:  # the caller tells a client's ImageError from a bug of ours
