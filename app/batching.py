@@ -1,8 +1,9 @@
 """Dynamic micro-batching: concurrent requests share one forward pass.
 
-Each request submits one item and awaits an `asyncio.Future`; a single worker task gathers queued items
-into a batch and runs `run_batch` on a dedicated one-thread executor, so the event loop never blocks on
-inference and torch always sees the same caller thread.
+Each request submits one item (a batch request all of its items at once, `submit_many`) and awaits an
+`asyncio.Future` per item; a single worker task gathers queued items into a batch and runs `run_batch` on a
+dedicated one-thread executor, so the event loop never blocks on inference and torch always sees the same
+caller thread.
 
 Batching rule (a lone request is never slower than without batching):
 1. The worker takes everything queued right now, up to `max_batch_size`, skipping requests that already
@@ -21,10 +22,10 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
 log = logging.getLogger("digitsum")
 
@@ -188,28 +189,64 @@ class MicroBatcher(Generic[T, R]):
 
     async def submit_timed(self, item: T, timeout_s: float | None = None) -> TimedResult[R]:
         """The result for this item with its queue wait and inference time."""
-        if not self._accepting:
-            raise BatcherClosed("The model is not accepting requests (not started or shutting down).")
+        self._check_accepting()
         if self._queued >= self._max_queue:
             raise QueueFull(self._retry_after_s())
-        pending: _Pending[T, R] = _Pending(item, asyncio.get_running_loop().create_future())
-        self._enqueue(pending)
+        pending = self._enqueue(item)
         try:
             async with asyncio.timeout(timeout_s):
                 return await pending.future  # cancelling this task cancels the future: the worker skips it
         except TimeoutError:
             raise BatchTimeout(f"No result within {timeout_s} s.") from None
         finally:
-            if not pending.dequeued:  # timed out or cancelled while queued: free its slot now
-                pending.dequeued = True
-                self._queued -= 1
+            self._release(pending)
 
-    def _enqueue(self, pending: _Pending[T, R]) -> None:
+    async def submit_many(
+        self, items: Sequence[T], timeout_s: float | None = None
+    ) -> list[TimedResult[R] | BatchError]:
+        """Each item's result, in order, or the BatchError that item alone got: QueueFull for the items beyond the
+        queue's room, BatchTimeout for those without a result in timeout_s, BatchFailed for those whose batch failed.
+
+        One waiter and one timer for them all, where a `submit` per item costs a task and a timer each.
+        """
+        self._check_accepting()
+        admitted = [self._enqueue(item) for item in items[: max(0, self._max_queue - self._queued)]]
+        try:
+            if admitted:
+                await asyncio.wait([pending.future for pending in admitted], timeout=timeout_s)
+        finally:
+            for pending in admitted:
+                pending.future.cancel()  # a no-op once answered; else its batch skips it
+                self._release(pending)
+        retry_after_s = self._retry_after_s()
+        refused = [QueueFull(retry_after_s) for _ in items[len(admitted) :]]
+        return [*(self._outcome(pending, timeout_s) for pending in admitted), *refused]
+
+    @staticmethod
+    def _outcome(pending: _Pending[T, R], timeout_s: float | None) -> TimedResult[R] | BatchError:
+        if pending.future.cancelled():
+            return BatchTimeout(f"No result within {timeout_s} s.")
+        exc = pending.future.exception()
+        return pending.future.result() if exc is None else cast(BatchError, exc)
+
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            raise BatcherClosed("The model is not accepting requests (not started or shutting down).")
+
+    def _release(self, pending: _Pending[T, R]) -> None:
+        """Free a queue slot of an item that timed out or was cancelled while queued (the worker frees the rest)."""
+        if not pending.dequeued:
+            pending.dequeued = True
+            self._queued -= 1
+
+    def _enqueue(self, item: T) -> _Pending[T, R]:
         if len(self._queue) >= 2 * self._max_queue:
             self._compact()
+        pending: _Pending[T, R] = _Pending(item, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._queued += 1
         self._arrived.set()
+        return pending
 
     def _compact(self) -> None:
         """Drop abandoned entries, so clients that time out during a slow batch can't grow the deque forever."""

@@ -40,7 +40,7 @@ import anyio
 import numpy as np
 from PIL import Image
 
-from app.errors import TimedOut, Unavailable
+from app.errors import ServiceError, TimedOut, Unavailable
 from app.preprocess import attempt, to_mnist, to_mnist_each
 from app.upload import (
     ImageError,
@@ -99,8 +99,27 @@ class Decoder:
         """Upload bytes -> (28, 28) float32 in [0, 1], or a thumbnail checked from its header for the batch thread
         to finish (`finish`); `deadline` is on the event loop's clock."""
         image = open_checked(data, self.limits.max_pixels)  # the header only: cheap, whatever the file
-        if len(data) <= INLINE_MAX_BYTES and image.width * image.height <= INLINE_MAX_PIXELS:
-            return image
+        return image if is_thumbnail(data, image) else await self._in_process(data, image, deadline)
+
+    async def decode_many(
+        self, uploads: Sequence[bytes], deadline: float
+    ) -> list[np.ndarray | Image.Image | ServiceError]:
+        """`decode` for each upload of a batch request, each its result or its own error: the thumbnails' headers
+        are checked here one after another, the bigger uploads go to the processes together (a task each)."""
+        results: list[np.ndarray | Image.Image | ServiceError] = [
+            attempt_checked(data, self.limits.max_pixels) for data in uploads
+        ]
+        big = {
+            i: _returning_errors(self._in_process(data, image, deadline))
+            for i, (data, image) in enumerate(zip(uploads, results, strict=True))
+            if isinstance(image, Image.Image) and not is_thumbnail(data, image)
+        }
+        for i, result in zip(big, await asyncio.gather(*big.values()), strict=True):
+            results[i] = result
+        return results
+
+    async def _in_process(self, data: bytes, image: Image.Image, deadline: float) -> np.ndarray:
+        """Decode and preprocess an upload whose header passed `open_checked` in a decoder process."""
         if (needed := decoding_bytes(image)) > self.limits.memory_bytes:  # refused before any decoder runs out
             raise ImageTooLarge(
                 f"The image needs about {needed / 2**20:,.0f} MB to decode, more than the "
@@ -177,6 +196,27 @@ class Decoder:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def is_thumbnail(data: bytes, image: Image.Image) -> bool:
+    """Small enough in bytes and pixels to be decoded in the batch thread."""
+    return len(data) <= INLINE_MAX_BYTES and image.width * image.height <= INLINE_MAX_PIXELS
+
+
+def attempt_checked(data: bytes, max_pixels: int) -> Image.Image | ImageError:
+    """open_checked(data), or the client's error it raised."""
+    try:
+        return open_checked(data, max_pixels)
+    except ImageError as exc:
+        return exc
+
+
+async def _returning_errors(decoding: Coroutine[Any, Any, np.ndarray]) -> np.ndarray | ServiceError:
+    """What `decoding` returns, or the error it would answer the client with (image, capacity or time)."""
+    try:
+        return await decoding
+    except ServiceError as exc:
+        return exc
 
 
 def undecodable() -> UnsupportedImage:

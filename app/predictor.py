@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from app.batching import BatcherClosed, BatchFailed, BatchTimeout, MicroBatcher, QueueFull, TimedResult
+from app.batching import BatchError, BatchTimeout, MicroBatcher, QueueFull, TimedResult
 from app.decoder import DecodeLimits, Decoder, undecodable
-from app.errors import TimedOut, Unavailable
+from app.errors import ServiceError, TimedOut, Unavailable
 from app.metrics import BatchMetrics
 from app.middleware import request_id
 from app.model import Model, Prediction
@@ -38,6 +39,19 @@ class Job:
 class Answer:
     prediction: Prediction
     pixels: np.ndarray  # (28, 28): what the network saw
+
+
+def service_error(exc: BatchError) -> ServiceError:
+    """What the client hears when the batcher could not answer its item."""
+    if isinstance(exc, QueueFull):
+        return Unavailable("The service is at capacity; retry shortly.", {"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, BatchTimeout):
+        return TimedOut("The model could not answer in time; retry shortly.")
+    return Unavailable("The model failed on this request's batch; retry shortly.")  # BatchFailed, BatcherClosed
+
+
+def answer_or_error(result: TimedResult[Answer | ImageError] | BatchError) -> Answer | ServiceError:
+    return service_error(result) if isinstance(result, BatchError) else result.value
 
 
 class Predictor:
@@ -72,20 +86,40 @@ class Predictor:
 
     async def predict(self, image: np.ndarray | Image.Image, number: int, deadline: float) -> TimedResult[Answer]:
         """What `decode` returned and the number -> the answer; a thumbnail's image error is raised here."""
-        timeout_s = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
-            timed = await self.batcher.submit_timed(Job(image, number, request_id.get()), timeout_s=timeout_s)
-        except QueueFull as exc:
-            raise Unavailable(
-                "The service is at capacity; retry shortly.", {"Retry-After": str(exc.retry_after_s)}
-            ) from None
-        except BatchTimeout:
-            raise TimedOut("The model could not answer in time; retry shortly.") from None
-        except (BatchFailed, BatcherClosed):
-            raise Unavailable("The model failed on this request's batch; retry shortly.") from None
+            timed = await self.batcher.submit_timed(Job(image, number, request_id.get()), self._time_left(deadline))
+        except BatchError as exc:
+            raise service_error(exc) from None
         if isinstance(timed.value, ImageError):
             raise timed.value
         return TimedResult(timed.value, timed.queue_s, timed.inference_s, timed.batch_size)
+
+    async def decode_many(
+        self, uploads: Sequence[bytes], deadline: float
+    ) -> list[np.ndarray | Image.Image | ServiceError]:
+        """`decode` for each upload of a batch request: each its result or its own error."""
+        return await self.decoder.decode_many(uploads, deadline)
+
+    async def predict_many(
+        self, images: Sequence[np.ndarray | Image.Image | ServiceError], numbers: Sequence[int], deadline: float
+    ) -> list[Answer | ServiceError]:
+        """`predict` for each item of a batch request, all queued at once: an item that `decode_many` failed keeps
+        its error, every other gets its answer or its own error."""
+        rid = request_id.get()
+        jobs = [
+            Job(image, number, rid)
+            for image, number in zip(images, numbers, strict=True)
+            if not isinstance(image, ServiceError)
+        ]
+        try:
+            results = iter(await self.batcher.submit_many(jobs, self._time_left(deadline)))
+        except BatchError as exc:  # not accepting (shutting down): the whole request
+            raise service_error(exc) from None
+        return [image if isinstance(image, ServiceError) else answer_or_error(next(results)) for image in images]
+
+    @staticmethod
+    def _time_left(deadline: float) -> float:
+        return max(0.0, deadline - asyncio.get_running_loop().time())
 
     def _run_batch(self, jobs: list[Job]) -> list[Answer | ImageError]:
         """Finish the batch's thumbnails, then one forward pass over every image that has pixels."""

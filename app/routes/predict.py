@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import time
@@ -14,11 +13,11 @@ from PIL import Image
 from pydantic import Field
 
 from app.dependencies import PredictorDep, SettingsDep
-from app.errors import InvalidField, NotAForm, ServiceError
+from app.errors import InvalidField, NotAForm
 from app.handlers import FieldHelp, explains_fields, send_form
 from app.metrics import DECODE_SECONDS
 from app.model import Prediction
-from app.predictor import Predictor
+from app.predictor import Answer, Predictor
 from app.schemas import BatchItemOut, BatchOut, ErrorOut, PredictionOut
 from app.settings import Settings
 
@@ -130,27 +129,17 @@ async def predict_batch(
     numbers = numbers * len(images) if len(numbers) == 1 else numbers
     deadline = predictor.deadline()
     uploads = [await image.read() for image in images]
-    results = await asyncio.gather(
-        *(one_item(predictor, data, number, deadline) for data, number in zip(uploads, numbers, strict=True))
-    )
+    results = await predictor.predict_many(await predictor.decode_many(uploads, deadline), numbers, deadline)
     response.headers[MODEL_HEADER] = predictor.model.sha256[:12]
     threshold = low_confidence_threshold(settings, predictor)
     return BatchOut(
         results=[
-            BatchItemOut(index=i, status=200, prediction=encode(result, number, threshold, None))
-            if isinstance(result, Prediction)
+            BatchItemOut(index=i, status=200, prediction=encode(result.prediction, number, threshold, None))
+            if isinstance(result, Answer)
             else BatchItemOut(index=i, status=result.status_code, detail=result.detail)
             for i, (result, number) in enumerate(zip(results, numbers, strict=True))
         ]
     )
-
-
-async def one_item(predictor: Predictor, data: bytes, number: int, deadline: float) -> Prediction | ServiceError:
-    """One image of a batch: its prediction, or the error it would have got alone (the others go on)."""
-    try:
-        return (await predictor.predict(await predictor.decode(data, deadline), number, deadline)).value.prediction
-    except ServiceError as exc:
-        return exc
 
 
 def encode(result: Prediction, number: int, low_confidence: float, pixels: np.ndarray | None) -> PredictionOut:

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from app import preprocess as preprocess_module
 from tests.support import hostile_inputs as hi
@@ -34,6 +35,23 @@ def test_each_image_is_answered_in_order_with_its_own_number(client: TestClient,
         assert result["status"] == 200 and result["detail"] is None
         assert result["prediction"] == single.json()  # the same answer as alone
         assert result["prediction"]["digit"] == int(sample.test.labels[i])
+
+
+def test_uploads_decoded_in_processes_and_thumbnails_share_a_request(client: TestClient, sample: Sample) -> None:
+    """Bigger uploads go to the decoder processes together while the thumbnails wait in the batch queue; each
+    item gets the answer it gets alone."""
+    picks = [3, 40, 250, 612]
+    uploads = [
+        png_bytes(np.asarray(Image.fromarray(sample.test.images[i]).resize((280, 280)))) if k % 2 else
+        png_bytes(sample.test.images[i])
+        for k, i in enumerate(picks)
+    ]  # fmt: skip
+    response = client.post("/predict/batch", files=files(*uploads), data={"numbers": "6"})
+    assert response.status_code == 200, response.text
+    for result, upload, i in zip(response.json()["results"], uploads, picks, strict=True):
+        single = client.post("/predict", files={"image": ("d.png", upload)}, data={"number": 6}).json()
+        assert result["prediction"] == single
+        assert single["digit"] == int(sample.test.labels[i])
 
 
 def test_one_number_applies_to_every_image(client: TestClient, sample: Sample) -> None:

@@ -288,10 +288,92 @@ async def test_observer_sees_every_batch_and_queue_wait() -> None:
     assert observer.failures == []
 
 
+async def test_submit_many_answers_in_order_in_shared_batches() -> None:
+    model = FakeModel()
+    async with running(model, max_batch_size=3) as batcher:
+        first = await hold_first_batch(batcher, model)
+        alone = await queue_up(batcher, range(1, 2))
+        many = asyncio.create_task(batcher.submit_many([2, 3, 4, 5]))
+        await asyncio.sleep(0)
+        assert batcher.queue_depth == 5
+        model.gate.set()
+        results = await many
+        assert await asyncio.gather(first, *alone) == [0, 10]
+    assert [r.value for r in results if isinstance(r, TimedResult)] == [20, 30, 40, 50]
+    assert [r.batch_size for r in results if isinstance(r, TimedResult)] == [3, 3, 2, 2]
+    assert model.batches == [[0], [1, 2, 3], [4, 5]]  # the lone request and the batch's items share a batch
+
+
+async def test_submit_many_refuses_only_the_items_beyond_the_queues_room() -> None:
+    model = FakeModel()
+    async with running(model, max_queue=3) as batcher:
+        first = await hold_first_batch(batcher, model)
+        alone = await queue_up(batcher, range(1, 2))
+        many = asyncio.create_task(batcher.submit_many([2, 3, 4, 5]))
+        await asyncio.sleep(0)
+        model.gate.set()
+        results = await many
+        await asyncio.gather(first, *alone)
+    assert [r.value for r in results[:2] if isinstance(r, TimedResult)] == [20, 30]
+    for refused in results[2:]:
+        assert isinstance(refused, QueueFull) and refused.retry_after_s >= 1
+    assert results[2] is not results[3]  # each its own exception
+    assert not {4, 5} & set(model.seen)
+
+
+async def test_submit_many_timing_out_frees_every_slot_and_its_items_never_run() -> None:
+    model = FakeModel()
+    async with running(model, max_queue=3) as batcher:
+        first = await hold_first_batch(batcher, model)
+        results = await batcher.submit_many([1, 2, 3], timeout_s=0.01)
+        assert [type(r) for r in results] == [BatchTimeout] * 3
+        assert batcher.queue_depth == 0
+        second = asyncio.create_task(batcher.submit_many([4, 5, 6]))  # all refused if the slots were still held
+        await asyncio.sleep(0)
+        model.gate.set()
+        assert await first == 0
+        assert [r.value for r in await second if isinstance(r, TimedResult)] == [40, 50, 60]
+    assert model.batches == [[0], [4, 5, 6]]
+
+
+async def test_submit_many_cancelled_frees_every_slot() -> None:
+    model = FakeModel()
+    async with running(model) as batcher:
+        first = await hold_first_batch(batcher, model)
+        many = asyncio.create_task(batcher.submit_many([1, 2, 3]))
+        await asyncio.sleep(0)
+        assert batcher.queue_depth == 3
+        many.cancel()  # the client went away
+        with pytest.raises(asyncio.CancelledError):
+            await many
+        assert batcher.queue_depth == 0
+        model.gate.set()
+        assert await first == 0
+        assert await batcher.submit(4) == 40
+    assert model.batches == [[0], [4]]
+
+
+async def test_submit_many_fails_only_the_items_of_a_failing_batch() -> None:
+    model = FakeModel(fail_on=2)
+    async with running(model, max_batch_size=2) as batcher:
+        first = await hold_first_batch(batcher, model)
+        many = asyncio.create_task(batcher.submit_many([1, 2, 3]))
+        await asyncio.sleep(0)
+        model.gate.set()
+        results = await many
+        assert await first == 0
+    for failed in results[:2]:
+        assert isinstance(failed, BatchFailed) and isinstance(failed.__cause__, ValueError)
+    assert isinstance(results[2], TimedResult) and results[2].value == 30
+    assert model.batches == [[0], [1, 2], [3]]
+
+
 async def test_submit_before_start_is_refused() -> None:
     batcher = MicroBatcher(FakeModel(), max_batch_size=4, max_wait_s=0, max_queue=10)
     with pytest.raises(BatcherClosed):
         await batcher.submit(1)
+    with pytest.raises(BatcherClosed):
+        await batcher.submit_many([1, 2])
 
 
 def test_bad_limits_say_what_to_fix() -> None:

@@ -144,3 +144,20 @@ def test_a_failed_forward_pass_gets_503_logs_an_error_and_the_service_keeps_serv
     assert record.getMessage() == "forward pass failed for a batch of 1; its requests get 503"
     assert record.request_id == "oom-victim-1"  # type: ignore[attr-defined]  # the line's [request id]
     assert record.exc_info and "CUDA out of memory" in str(record.exc_info[1])
+
+
+def test_a_batch_request_beyond_the_queues_room_gets_503_for_those_items_alone(
+    tight: TestClient, predictor: Predictor, gate: threading.Event, image: bytes
+) -> None:
+    files = [("images", (f"{i}.png", image, "image/png")) for i in range(3)]
+    with ThreadPoolExecutor(2) as pool:
+        running = in_background(pool, tight, image)
+        until(lambda: predictor.batcher.in_flight == 1)  # its batch is stuck in the model
+        batch = pool.submit(tight.post, "/predict/batch", files=files, data={"numbers": "3"})
+        until(lambda: predictor.batcher.queue_depth == 1)  # the first image took the one place
+        gate.set()
+        results = batch.result().json()["results"]
+        assert running.result().status_code == 200
+    assert [r["status"] for r in results] == [200, 503, 503]
+    assert results[1]["detail"] == "The service is at capacity; retry shortly."
+    assert (predictor.batcher.queue_depth, predictor.batcher.in_flight) == (0, 0)
