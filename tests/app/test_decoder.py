@@ -118,6 +118,23 @@ async def test_past_its_deadline_the_decode_is_504_and_its_process_replaced(deco
     assert np.array_equal(first, again)
 
 
+async def test_decode_many_gives_each_upload_its_result_or_its_own_error(sample: Sample) -> None:
+    decoder = await started(DecodeLimits(40_000_000, cpu_s=30.0, memory_bytes=64 * MB), processes=2)
+    try:
+        thumbnail, big = png_bytes(sample.test.images[0]), photo(sample.test.images[1])
+        uploads = [thumbnail, b"not an image", big, hi.png_bomb(8000, 5000, bit_depth=16), photo(sample.test.images[2])]
+        results = await decoder.decode_many(uploads, deadline())
+        kinds = [Image.Image, UnsupportedImage, np.ndarray, ImageTooLarge, np.ndarray]
+        assert all(isinstance(result, kind) for result, kind in zip(results, kinds, strict=True)), results
+        assert np.array_equal(results[2], await decoder.decode(big, deadline()))  # type: ignore[arg-type]
+        late = await decoder.decode_many([thumbnail, noise_png(3000)], deadline(0.001))
+        assert isinstance(late[0], Image.Image) and isinstance(
+            late[1], TimedOut
+        )  # the deadline fails only the slow one
+    finally:
+        await decoder.stop()
+
+
 async def test_a_cancelled_decode_kills_its_process(decoder: Decoder, sample: Sample) -> None:
     await decoder.decode(photo(sample.test.images[0]), deadline())
     busy = await _the_process(decoder)
