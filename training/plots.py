@@ -11,8 +11,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _points(history: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of the epochs that measured `key` (the test split is measured every few epochs)."""
+    measured = [h for h in history if key in h]
+    return [h["epoch"] for h in measured], [h[key] for h in measured]
+
+
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
-    epochs = [h["epoch"] for h in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for key, label in [
         ("train_digit_loss", "digit, train"),
@@ -20,7 +25,7 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
         ("test_digit_loss", "digit, test"),
         ("test_sum_loss", "sum, test"),
     ]:
-        loss_ax.plot(epochs, [h[key] for h in history], label=label)
+        loss_ax.plot(*_points(history, key), label=label, marker="." if key.startswith("test") else None)
     loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy", yscale="log")
     for key, label in [
         ("train_digit_acc", "digit, train"),
@@ -28,7 +33,8 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
         ("test_digit_acc", "digit, test"),
         ("test_sum_acc", "sum, test"),
     ]:
-        acc_ax.plot(epochs, [100 * h[key] for h in history], label=label)
+        at, values = _points(history, key)
+        acc_ax.plot(at, [100 * v for v in values], label=label, marker="." if key.startswith("test") else None)
     acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="%", ylim=(90, 100))
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)

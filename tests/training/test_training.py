@@ -19,6 +19,7 @@ import torch
 from tests.support.digits import load_sample as load_for_service_tests
 from tests.support.service import ROOT
 from training import data as digit_data
+from training import train as train_module
 from training.augment import augment
 from training.calibrate import expected_calibration_error, fit_temperature
 from training.config import TrainConfig
@@ -283,3 +284,22 @@ def test_a_failed_download_removes_the_folders_it_created_and_only_those(
     with pytest.raises(RuntimeError, match="Error downloading"):
         digit_data.load("mnist", theirs.parent)
     assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt"]
+
+
+def test_the_test_curve_is_measured_every_few_epochs_and_the_weights_do_not_depend_on_it(
+    sample: digit_data.DigitData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluating the test split for the learning curves only reads the model: measured at every epoch or at a few,
+    training ends with the same weights bit for bit."""
+    data, config = digit_data.subset(sample, 256), TrainConfig(dataset="sample", epochs=4, batch_size=64)
+    weights, histories = [], []
+    for every in (1, train_module.CURVE_EVERY):
+        monkeypatch.setattr(train_module, "CURVE_EVERY", every)
+        torch.manual_seed(config.seed)
+        model, history = train_module.fit(DigitSumNet(config.width), data, config, torch.device("cpu"))
+        weights.append(model.state_dict())
+        histories.append(history)
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert [h["train_digit_loss"] for h in histories[0]] == [h["train_digit_loss"] for h in histories[1]]
+    assert ["test_digit_acc" in h for h in histories[0]] == [True] * 4
+    assert ["test_digit_acc" in h for h in histories[1]] == [True, False, False, True]  # the first and the last
