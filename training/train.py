@@ -34,7 +34,7 @@ log = logging.getLogger("training")
 DRY_RUN_IMAGES = 512  # --dry-run trains and evaluates on this many images
 DRY_RUN_HOLDOUT_PER_DIGIT = 5
 DRAWN_VERSIONS = 3  # page drawings made of each training image before training (training/page.py)
-CURVE_EVERY = 5  # epochs between the learning curves' test points: each costs nearly a tenth of an epoch
+CURVE_EVERY = 5  # epochs between the learning curves' test points (a forward pass over the test split)
 
 
 def resolve_device(requested: str) -> torch.device:
