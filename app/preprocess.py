@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     """
     value: Any = image
     for stage in STAGES:
-        value = stage(value)
+        value = stage.run([value])[0] if isinstance(stage, Together) else stage(value)
     return value  # type: ignore[no-any-return]
 
 
@@ -67,13 +68,36 @@ def to_mnist_each(images: Sequence[Image.Image | Exception]) -> list[np.ndarray 
     """`to_mnist` of every image, or the exception it raised (an exception given stays as it is).
 
     The same stages, run stage by stage across the images rather than image by image: each stage's numpy
-    and Pillow code then runs for every image while it is still in the CPU's caches, which costs a batch of
-    small images less (benchmarks/results/serve.md measures both ways); the results are the same arrays, bit
-    for bit.
+    and Pillow code then runs for every image while it is still in the CPU's caches, and a `Together` stage
+    runs once for all of them, which costs a batch of small images less (benchmarks/results/serve.md measures
+    both ways); the results are the same arrays, bit for bit.
     """
     values: list[Any] = list(images)
     for stage in STAGES:
-        values = [value if isinstance(value, Exception) else attempt(stage, value) for value in values]
+        if isinstance(stage, Together):
+            values = _together(stage, values)
+        else:
+            values = [value if isinstance(value, Exception) else attempt(stage, value) for value in values]
+    return values
+
+
+@dataclass(frozen=True)
+class Together:
+    """A stage that takes the values of all the images still going and returns theirs, in order: numpy calls
+    whose overhead dwarfs their work on a thumbnail, made once per batch instead of once per image."""
+
+    run: Callable[[list[Any]], list[Any]]
+
+
+def _together(stage: Together, values: list[Any]) -> list[Any]:
+    going = [i for i, value in enumerate(values) if not isinstance(value, Exception)]
+    try:
+        results = stage.run([values[i] for i in going])
+    except Exception:  # a bug: run them one at a time, so that it fails only the image it concerns
+        results = [attempt(lambda value: stage.run([value])[0], values[i]) for i in going]
+    values = list(values)
+    for i, result in zip(going, results, strict=True):
+        values[i] = result
     return values
 
 
@@ -280,16 +304,22 @@ _RING, _RING_TERMS = _ring_and_terms(THUMB_SIDE)
 # --- finding the digit --------------------------------------------------------------------------
 
 
-def _digit_window(ink_and_coarse: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """(H, W) signed ink and its (h, w) average -> the region holding the digit, area-averaged to <= DIGIT_SIDE
-    (signed). Averaging drowns pixel noise and small specks."""
+def _digit_bright(ink_and_coarse: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(H, W) signed ink and its (h, w) average -> the same and the average's bright side, if a digit stands out."""
     ink, coarse = ink_and_coarse
     bright = np.maximum(coarse, 0)
     # contrast is judged at full resolution (averaging dilutes a small digit's thin strokes), noise where
     # it is averaged (a digit stands far above it, texture and pure noise do not)
     if float(ink.max()) < MIN_CONTRAST or float(bright.max()) <= MIN_SNR * _pixel_noise(coarse):
         raise NoDigitFound("No digit found in the image: it is blank or holds only faint noise.")
-    mass = np.where(bright > _otsu(bright), bright, 0)
+    return ink, coarse, bright
+
+
+def _digit_window(parts: tuple[np.ndarray, np.ndarray, np.ndarray, float]) -> np.ndarray:
+    """(H, W) signed ink, its (h, w) average, the average's bright side and that side's Otsu threshold -> the
+    region holding the digit, area-averaged to <= DIGIT_SIDE (signed). Averaging drowns pixel noise and specks."""
+    ink, coarse, bright, threshold = parts
+    mass = np.where(bright > threshold, bright, 0)
     (y0, y1), (x0, x1) = _span(mass.sum(axis=1)), _span(mass.sum(axis=0))
     # back to full resolution, one coarse pixel (+1) of margin so the anti-aliased edges stay inside
     sy, sx = ink.shape[0] / coarse.shape[0], ink.shape[1] / coarse.shape[1]
@@ -314,6 +344,13 @@ def _span(profile: np.ndarray) -> tuple[int, int]:
     return int(starts[kept[0]]), int(stops[kept[-1]])
 
 
+def _with_thresholds(values: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Each tuple with the Otsu threshold of its last array added (a `Together` stage: one pass for a batch)."""
+    arrays = [value[-1] for value in values]
+    thresholds = _otsu_each(arrays) if len(arrays) > 1 else [_otsu(array) for array in arrays]
+    return [(*value, threshold) for value, threshold in zip(values, thresholds, strict=True)]
+
+
 def _otsu(values: np.ndarray) -> float:
     """Otsu's threshold over OTSU_LEVELS levels from 0 to the maximum (> 0): the level that best splits the
     values in two."""
@@ -330,16 +367,40 @@ def _otsu(values: np.ndarray) -> float:
     return (int(np.argmax(between[:-1])) + 1) * top / OTSU_LEVELS
 
 
+def _otsu_each(values: list[np.ndarray]) -> list[float]:
+    """`_otsu` of each array (all of one dtype), computed for all at once: each array's values binned into a row
+    of its own, then `_otsu`'s arithmetic row by row, so each threshold is the same float, bit for bit."""
+    sizes = np.array([value.size for value in values])
+    flat = np.concatenate([value.ravel() for value in values])
+    top = np.maximum.reduceat(flat, np.cumsum(sizes) - sizes).astype(np.float64)
+    scale = (OTSU_LEVELS / top).astype(flat.dtype)  # as `_otsu` multiplies: in the arrays' own precision
+    row = np.repeat(np.arange(len(values)) * (OTSU_LEVELS + 1), sizes)
+    level = (flat * np.repeat(scale, sizes)).astype(np.intp) + row
+    counts = np.bincount(level, minlength=len(values) * (OTSU_LEVELS + 1)).reshape(len(values), OTSU_LEVELS + 1)
+    counts[:, OTSU_LEVELS - 1] += counts[:, OTSU_LEVELS]
+    p = counts[:, :OTSU_LEVELS] / sizes[:, None]
+    w0 = np.cumsum(p, axis=1)
+    mu0 = np.cumsum(p * (_LEVEL_CENTRES * (top / OTSU_LEVELS)[:, None]), axis=1)
+    spread = w0 * (1 - w0)
+    between = np.divide((mu0[:, -1:] * w0 - mu0) ** 2, spread, out=np.zeros(spread.shape), where=spread > 0)
+    return ((np.argmax(between[:, :-1], axis=1) + 1) * top / OTSU_LEVELS).tolist()  # type: ignore[no-any-return]
+
+
 _LEVEL_CENTRES = np.arange(OTSU_LEVELS) + 0.5
 
 
-def _clean(window: np.ndarray) -> np.ndarray:
-    """(h, w) signed ink -> [0, 1]: below a few noise sigmas -> 0, stroke level -> 1, edges in between."""
-    sigma = _noise_sigma(window)
+def _window_bright(window: np.ndarray) -> tuple[float, np.ndarray]:
+    """(h, w) signed ink -> its noise sigma and its bright side, if it has one."""
     bright = np.maximum(window, 0)
     if not bright.any():
         raise NoDigitFound("No digit found in the image: it is blank or holds only faint noise.")
-    threshold = _otsu(bright)
+    return _noise_sigma(window), bright
+
+
+def _clean(parts: tuple[float, np.ndarray, float]) -> np.ndarray:
+    """A window's noise sigma, bright side and its Otsu threshold -> [0, 1]: below a few noise sigmas -> 0,
+    stroke level -> 1, edges in between."""
+    sigma, bright, threshold = parts
     low = min(NOISE_SIGMAS * sigma, threshold / 2)  # heavy noise must not eat the strokes
     high = _quantile(bright[bright > threshold], 0.9)  # the stroke core, not its noisiest pixel
     return np.minimum(np.maximum((bright - low) / max(high - low, 1e-6), 0), 1)  # np.clip's checks cost more
@@ -423,11 +484,15 @@ def _centre_of_mass_to_centre(digit: np.ndarray) -> np.ndarray:
 
 # Upload -> 28x28, in order: (H, W) signed ink and its (h, w) average -> (h, w) window around the digit, <= DIGIT_SIDE
 # -> (h', w') in [0, 1], tight around the ink -> long side BOX -> (28, 28)
-STAGES: tuple[Callable[[Any], Any], ...] = (
+STAGES: tuple[Callable[[Any], Any] | Together, ...] = (
     _check_size,
     _grayscale,
     _ink,
+    _digit_bright,
+    Together(_with_thresholds),
     _digit_window,
+    _window_bright,
+    Together(_with_thresholds),
     _clean,
     _crop_to_digit,
     _thicken,

@@ -130,3 +130,30 @@ def test_a_bug_in_one_thumbnails_preprocessing_fails_only_that_image(
     assert [r["status"] for r in results] == [200, 415, 200]
     assert results[1]["detail"] == "The image could not be decoded; send a PNG or JPEG image."
     assert "preprocessing a thumbnail failed" in caplog.text
+
+
+def test_a_bug_in_a_stage_run_for_the_whole_batch_fails_only_the_image_it_concerns(
+    client: TestClient, sample: Sample, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Otsu thresholds of a batch's thumbnails are computed together: when that raises, the images are retried
+    one by one, and only the one that still fails gets an error."""
+    real_otsu = preprocess_module._otsu
+
+    def broken_together(arrays):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")
+
+    def broken_on_one_size(values):  # type: ignore[no-untyped-def]
+        if values.shape == (30, 30):
+            raise RuntimeError("a bug")
+        return real_otsu(values)
+
+    monkeypatch.setattr(preprocess_module, "_otsu_each", broken_together)
+    monkeypatch.setattr(preprocess_module, "_otsu", broken_on_one_size)
+    odd = np.zeros((30, 30), np.uint8)
+    odd[1:29, 1:29] = sample.test.images[2]
+    uploads = [png_bytes(sample.test.images[0]), png_bytes(odd), png_bytes(sample.test.images[1])]
+    with caplog.at_level(logging.ERROR, logger="digitsum"):
+        results = client.post("/predict/batch", files=files(*uploads), data={"numbers": "2"}).json()["results"]
+    assert [r["status"] for r in results] == [200, 415, 200]
+    assert [r["prediction"]["digit"] for r in (results[0], results[2])] == [int(d) for d in sample.test.labels[:2]]
+    assert "preprocessing a thumbnail failed" in caplog.text

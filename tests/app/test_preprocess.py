@@ -426,3 +426,16 @@ def test_preprocessing_a_batch_stage_by_stage_gives_each_image_what_to_mnist_giv
     blank, thin, lab = together[4], together[6], together[9]
     assert isinstance(blank, NoDigitFound) and isinstance(thin, NoDigitFound) and isinstance(lab, UnsupportedImage)
     assert sum(isinstance(result, np.ndarray) for result in together) >= 22
+
+
+def test_otsu_for_a_batch_at_once_gives_each_array_the_threshold_otsu_gives_it(sample: Sample) -> None:
+    """to_mnist_each computes the batch's Otsu thresholds together; to_mnist one by one: the same floats."""
+    rng = np.random.default_rng(0)
+    arrays = [sample.test.images[i].astype(np.float32) / 255 for i in range(0, 1000, 37)]
+    arrays += [
+        rng.random(shape, dtype=np.float32) ** power for shape, power in [((5, 9), 1), ((80, 61), 3), ((1, 7), 2)]
+    ]
+    arrays += [np.full((6, 6), 0.25, np.float32), np.eye(12, dtype=np.float32)]  # one level; a few bright pixels
+    # a value on a bin's edge, which float32 and float64 arithmetic put in different bins (the threshold follows it)
+    arrays += [np.array([0.68696165] * 10 + [0.053668875] * 10, np.float32).reshape(4, 5)]
+    assert P._otsu_each(arrays) == [P._otsu(array) for array in arrays]
