@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.batching import BatcherClosed, BatchFailed, BatchTimeout, MicroBatcher, QueueFull, TimedResult
+from app.batching import BatcherClosed, BatchError, BatchFailed, BatchTimeout, MicroBatcher, QueueFull, TimedResult
 
 pytestmark = pytest.mark.anyio
 
@@ -288,17 +288,25 @@ async def test_observer_sees_every_batch_and_queue_wait() -> None:
     assert observer.failures == []
 
 
+async def many_behind_one(
+    batcher: MicroBatcher[int, int], model: FakeModel, items: list[int]
+) -> list[TimedResult[int] | BatchError]:
+    """Item 0's batch held in the model and item 1 queued alone, then `items` submitted together; once they are
+    all queued the model goes on, and the answers to `items` come back (0 and 1 are checked here)."""
+    first = await hold_first_batch(batcher, model)
+    alone = await queue_up(batcher, range(1, 2))
+    many = asyncio.create_task(batcher.submit_many(items))
+    await asyncio.sleep(0)
+    model.gate.set()
+    results = await many
+    assert await asyncio.gather(first, *alone) == [0, 10]
+    return results
+
+
 async def test_submit_many_answers_in_order_in_shared_batches() -> None:
     model = FakeModel()
     async with running(model, max_batch_size=3) as batcher:
-        first = await hold_first_batch(batcher, model)
-        alone = await queue_up(batcher, range(1, 2))
-        many = asyncio.create_task(batcher.submit_many([2, 3, 4, 5]))
-        await asyncio.sleep(0)
-        assert batcher.queue_depth == 5
-        model.gate.set()
-        results = await many
-        assert await asyncio.gather(first, *alone) == [0, 10]
+        results = await many_behind_one(batcher, model, [2, 3, 4, 5])
     assert [r.value for r in results if isinstance(r, TimedResult)] == [20, 30, 40, 50]
     assert [r.batch_size for r in results if isinstance(r, TimedResult)] == [3, 3, 2, 2]
     assert model.batches == [[0], [1, 2, 3], [4, 5]]  # the lone request and the batch's items share a batch
@@ -307,13 +315,7 @@ async def test_submit_many_answers_in_order_in_shared_batches() -> None:
 async def test_submit_many_refuses_only_the_items_beyond_the_queues_room() -> None:
     model = FakeModel()
     async with running(model, max_queue=3) as batcher:
-        first = await hold_first_batch(batcher, model)
-        alone = await queue_up(batcher, range(1, 2))
-        many = asyncio.create_task(batcher.submit_many([2, 3, 4, 5]))
-        await asyncio.sleep(0)
-        model.gate.set()
-        results = await many
-        await asyncio.gather(first, *alone)
+        results = await many_behind_one(batcher, model, [2, 3, 4, 5])
     assert [r.value for r in results[:2] if isinstance(r, TimedResult)] == [20, 30]
     for refused in results[2:]:
         assert isinstance(refused, QueueFull) and refused.retry_after_s >= 1
