@@ -347,7 +347,8 @@ def _span(profile: np.ndarray) -> tuple[int, int]:
 def _with_thresholds(values: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Each tuple with the Otsu threshold of its last array added (a `Together` stage: one pass for a batch)."""
     arrays = [value[-1] for value in values]
-    thresholds = _otsu_each(arrays) if len(arrays) > 1 else [_otsu(array) for array in arrays]
+    together = len(arrays) > 1 and len({array.dtype for array in arrays}) == 1  # float32 all, from the stages above
+    thresholds = _otsu_each(arrays) if together else [_otsu(array) for array in arrays]
     return [(*value, threshold) for value, threshold in zip(values, thresholds, strict=True)]
 
 
@@ -482,8 +483,9 @@ def _centre_of_mass_to_centre(digit: np.ndarray) -> np.ndarray:
     return out / max(float(out.max()), 1e-6)  # stroke maximum 1, as in MNIST
 
 
-# Upload -> 28x28, in order: (H, W) signed ink and its (h, w) average -> (h, w) window around the digit, <= DIGIT_SIDE
-# -> (h', w') in [0, 1], tight around the ink -> long side BOX -> (28, 28)
+# Upload -> 28x28, in order: (H, W) signed ink and its (h, w) average -> the average's bright side, and its Otsu
+# threshold -> (h, w) window around the digit, <= DIGIT_SIDE -> its bright side, and its threshold -> (h', w') in
+# [0, 1], tight around the ink -> long side BOX -> (28, 28)
 STAGES: tuple[Callable[[Any], Any] | Together, ...] = (
     _check_size,
     _grayscale,
