@@ -60,7 +60,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     """
     value: Any = image
     for stage in STAGES:
-        value = stage.run([value])[0] if isinstance(stage, Together) else stage(value)
+        value = stage.one(value) if isinstance(stage, Together) else stage(value)
     return value  # type: ignore[no-any-return]
 
 
@@ -68,8 +68,8 @@ def to_mnist_each(images: Sequence[Image.Image | Exception]) -> list[np.ndarray 
     """`to_mnist` of every image, or the exception it raised (an exception given stays as it is).
 
     The same stages, run stage by stage across the images rather than image by image: each stage's numpy
-    and Pillow code then runs for every image while it is still in the CPU's caches, and a `Together` stage
-    runs once for all of them, which costs a batch of small images less (benchmarks/results/serve.md measures
+    and Pillow code then runs for every image while it is still in the CPU's caches, and a `Together` stage's
+    batch form runs once for all of them, which costs a batch of small images less (benchmarks/results/serve.md measures
     both ways); the results are the same arrays, bit for bit.
     """
     values: list[Any] = list(images)
@@ -83,18 +83,24 @@ def to_mnist_each(images: Sequence[Image.Image | Exception]) -> list[np.ndarray 
 
 @dataclass(frozen=True)
 class Together:
-    """A stage that takes the values of all the images still going and returns theirs, in order: numpy calls
-    whose overhead dwarfs their work on a thumbnail, made once per batch instead of once per image."""
+    """A stage in two forms: `one` for an image, and `each` for the values of all the images still going, which
+    returns what `one` gives each, bit for bit, in order (an image's exception in its place): it makes numpy calls
+    whose overhead dwarfs their work on a thumbnail once per batch instead of once per image."""
 
-    run: Callable[[list[Any]], list[Any]]
+    one: Callable[[Any], Any]
+    each: Callable[[list[Any]], list[Any]]
 
 
 def _together(stage: Together, values: list[Any]) -> list[Any]:
     going = [i for i, value in enumerate(values) if not isinstance(value, Exception)]
-    try:
-        results = stage.run([values[i] for i in going])
-    except Exception:  # a bug: run them one at a time, so that it fails only the image it concerns
-        results = [attempt(lambda value: stage.run([value])[0], values[i]) for i in going]
+    results = None
+    if len(going) > 1:
+        try:
+            results = stage.each([values[i] for i in going])
+        except Exception:  # a bug: run them one at a time below, so that it fails only the image it concerns
+            results = None
+    if results is None:
+        results = [attempt(stage.one, values[i]) for i in going]
     values = list(values)
     for i, result in zip(going, results, strict=True):
         values[i] = result
@@ -205,6 +211,28 @@ def _ink(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (residual, coarse) if bright >= dark else (-residual, -coarse)
 
 
+def _ink_each(grays: list[np.ndarray]) -> list[Any]:
+    """`_ink` of each grey image, or its exception. Thumbnails of one size whose border is one grey level and
+    that have nothing darker than it (MNIST, a clean canvas: most batches) in one pass; the rest one by one."""
+    inks: list[Any] = [None] * len(grays)
+    for members in _same_shape(grays, COARSE_SIDE):  # no area-averaging at this size: the ink is its own average
+        stack = np.stack([grays[i] for i in members])
+        residual = stack - stack[:, :1, :1]  # minus the border's one level (where it has one)
+        simple = _flat_borders(stack) & (residual.min(axis=(1, 2)) >= 0)
+        for i, ink, is_simple in zip(members, residual, simple, strict=True):
+            inks[i] = (ink, ink) if is_simple else None
+    return [attempt(_ink, gray) if ink is None else ink for ink, gray in zip(inks, grays, strict=True)]
+
+
+def _same_shape(arrays: list[np.ndarray], max_side: int) -> list[list[int]]:
+    """Indices of the arrays, grouped by shape, of the shapes that two or more share, with sides <= max_side."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, array in enumerate(arrays):
+        if max(array.shape) <= max_side:
+            groups.setdefault(array.shape, []).append(i)
+    return [members for members in groups.values() if len(members) > 1]
+
+
 def _background(gray: np.ndarray) -> np.ndarray | float:
     """(H, W) smooth background, or its one level when flat: a quadratic through the image's border, fitted by
     trimmed least squares.
@@ -238,13 +266,27 @@ def _flat_border(gray: np.ndarray) -> float | None:
     """The one grey level of every pixel the thumbnail's ring averages (Pillow's BOX filter reaches less than
     2 * side / THUMB_SIDE + 1 pixels in from each edge), or None when they differ: then the ring is that exact
     level too, and the fit below would return it."""
-    height, width = gray.shape
-    rows, cols = math.ceil(2 * height / THUMB_SIDE) + 1, math.ceil(2 * width / THUMB_SIDE) + 1
+    rows, cols = _frame(*gray.shape)
     level = gray[0, 0]
     for strip in (gray[:rows], gray[-rows:], gray[:, :cols], gray[:, -cols:]):
         if not (strip == level).all():
             return None
     return float(level)
+
+
+def _flat_borders(grays: np.ndarray) -> np.ndarray:
+    """(N, H, W) -> (N,): whether each image's frame that `_flat_border` reads is one grey level."""
+    rows, cols = _frame(*grays.shape[1:])
+    level = grays[:, :1, :1]
+    flat = np.ones(len(grays), dtype=bool)
+    for strip in (grays[:, :rows], grays[:, -rows:], grays[:, :, :cols], grays[:, :, -cols:]):
+        flat &= (strip == level).all(axis=(1, 2))
+    return flat
+
+
+def _frame(height: int, width: int) -> tuple[int, int]:
+    """The rows and columns in from each edge that the thumbnail's ring averages."""
+    return math.ceil(2 * height / THUMB_SIDE) + 1, math.ceil(2 * width / THUMB_SIDE) + 1
 
 
 def _ring_and_terms(side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -308,11 +350,40 @@ def _digit_bright(ink_and_coarse: tuple[np.ndarray, np.ndarray]) -> tuple[np.nda
     """(H, W) signed ink and its (h, w) average -> the same and the average's bright side, if a digit stands out."""
     ink, coarse = ink_and_coarse
     bright = np.maximum(coarse, 0)
-    # contrast is judged at full resolution (averaging dilutes a small digit's thin strokes), noise where
-    # it is averaged (a digit stands far above it, texture and pure noise do not)
-    if float(ink.max()) < MIN_CONTRAST or float(bright.max()) <= MIN_SNR * _pixel_noise(coarse):
-        raise NoDigitFound("No digit found in the image: it is blank or holds only faint noise.")
+    if not _stands_out(float(ink.max()), float(bright.max()), _pixel_noise(coarse)):
+        raise _no_digit()
     return ink, coarse, bright
+
+
+def _digit_bright_each(inks: list[tuple[np.ndarray, np.ndarray]]) -> list[Any]:
+    """`_digit_bright` of each, or its exception. Inks that are their own average (thumbnails), of one size and
+    mostly flat (MNIST's exact zeros: no noise to measure) in one pass; the rest one by one."""
+    brights: list[Any] = [None] * len(inks)
+    thumbnails = [i for i, (ink, coarse) in enumerate(inks) if ink is coarse]
+    for members in _same_shape([inks[i][0] for i in thumbnails], COARSE_SIDE):
+        group = [thumbnails[j] for j in members]
+        stack = np.stack([inks[i][0] for i in group])
+        bright = np.maximum(stack, 0)
+        steps = stack[:, :, 1:] - stack[:, :, :-1]  # as _pixel_noise: mostly exact zeros mean no noise
+        quiet = 2 * np.count_nonzero(steps, axis=(1, 2)) < steps[0].size
+        ink_max, bright_max = stack.max(axis=(1, 2)), bright.max(axis=(1, 2))
+        for k, i in enumerate(group):
+            if quiet[k]:
+                stands_out = _stands_out(float(ink_max[k]), float(bright_max[k]), 0.0)
+                brights[i] = (stack[k], stack[k], bright[k]) if stands_out else _no_digit()
+    return [
+        attempt(_digit_bright, ink) if bright is None else bright for bright, ink in zip(brights, inks, strict=True)
+    ]
+
+
+def _stands_out(ink_max: float, bright_max: float, noise: float) -> bool:
+    """Contrast is judged at full resolution (averaging dilutes a small digit's thin strokes), noise where it is
+    averaged (a digit stands far above it, texture and pure noise do not)."""
+    return not (ink_max < MIN_CONTRAST or bright_max <= MIN_SNR * noise)
+
+
+def _no_digit() -> NoDigitFound:
+    return NoDigitFound("No digit found in the image: it is blank or holds only faint noise.")
 
 
 def _digit_window(parts: tuple[np.ndarray, np.ndarray, np.ndarray, float]) -> np.ndarray:
@@ -344,11 +415,16 @@ def _span(profile: np.ndarray) -> tuple[int, int]:
     return int(starts[kept[0]]), int(stops[kept[-1]])
 
 
+def _with_threshold(value: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The tuple with the Otsu threshold of its last array added."""
+    return (*value, _otsu(value[-1]))
+
+
 def _with_thresholds(values: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Each tuple with the Otsu threshold of its last array added (a `Together` stage: one pass for a batch)."""
+    """`_with_threshold` of each, the thresholds computed in one pass (arrays of one dtype: float32, as the stages
+    above make them)."""
     arrays = [value[-1] for value in values]
-    together = len(arrays) > 1 and len({array.dtype for array in arrays}) == 1  # float32 all, from the stages above
-    thresholds = _otsu_each(arrays) if together else [_otsu(array) for array in arrays]
+    thresholds = _otsu_each(arrays) if len({array.dtype for array in arrays}) == 1 else map(_otsu, arrays)
     return [(*value, threshold) for value, threshold in zip(values, thresholds, strict=True)]
 
 
@@ -394,7 +470,7 @@ def _window_bright(window: np.ndarray) -> tuple[float, np.ndarray]:
     """(h, w) signed ink -> its noise sigma and its bright side, if it has one."""
     bright = np.maximum(window, 0)
     if not bright.any():
-        raise NoDigitFound("No digit found in the image: it is blank or holds only faint noise.")
+        raise _no_digit()
     return _noise_sigma(window), bright
 
 
@@ -489,12 +565,12 @@ def _centre_of_mass_to_centre(digit: np.ndarray) -> np.ndarray:
 STAGES: tuple[Callable[[Any], Any] | Together, ...] = (
     _check_size,
     _grayscale,
-    _ink,
-    _digit_bright,
-    Together(_with_thresholds),
+    Together(_ink, _ink_each),
+    Together(_digit_bright, _digit_bright_each),
+    Together(_with_threshold, _with_thresholds),
     _digit_window,
     _window_bright,
-    Together(_with_thresholds),
+    Together(_with_threshold, _with_thresholds),
     _clean,
     _crop_to_digit,
     _thicken,

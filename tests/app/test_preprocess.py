@@ -439,3 +439,30 @@ def test_otsu_for_a_batch_at_once_gives_each_array_the_threshold_otsu_gives_it(s
     # a value on a bin's edge, which float32 and float64 arithmetic put in different bins (the threshold follows it)
     arrays += [np.array([0.68696165] * 10 + [0.053668875] * 10, np.float32).reshape(4, 5)]
     assert P._otsu_each(arrays) == [P._otsu(array) for array in arrays]
+
+
+def test_each_together_stage_gives_every_image_what_its_one_image_form_gives(sample: Sample) -> None:
+    """A `Together` stage's batch form against its one-image form, at its place in the pipeline: MNIST digits of
+    one size (the batch path), a blank and a faint one (refused in it), inverted, noisy and bigger ones (one by one)."""
+    rng = np.random.default_rng(1)
+    faint = (sample.test.images[3] * 0.05).astype(np.uint8)
+    pixels = [*sample.test.images[::97], np.zeros((28, 28), np.uint8), faint, 255 - sample.test.images[5]]
+    pixels += [(rng.random((28, 28)) * 255).astype(np.uint8), upscaled(sample.test.images[8], 90)]
+    values: list[object] = [Image.fromarray(p) for p in pixels]
+    checked = 0
+    for stage in P.STAGES:
+        if isinstance(stage, P.Together):
+            together = stage.each([v for v in values if not isinstance(v, Exception)])
+            alone = [P.attempt(stage.one, v) for v in values if not isinstance(v, Exception)]
+            for a, b in zip(together, alone, strict=True):
+                if isinstance(b, Exception):
+                    assert type(a) is type(b) and str(a) == str(b)
+                else:
+                    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True)), stage
+            checked += 1
+            values = P._together(stage, values)  # type: ignore[arg-type]
+        else:
+            values = [v if isinstance(v, Exception) else P.attempt(stage, v) for v in values]
+    assert checked == 4
+    refused = [v for v in values if isinstance(v, NoDigitFound)]
+    assert len(refused) >= 2 and sum(isinstance(v, np.ndarray) for v in values) >= 12
