@@ -69,8 +69,8 @@ def to_mnist_each(images: Sequence[Image.Image | Exception]) -> list[np.ndarray 
 
     The same stages, run stage by stage across the images rather than image by image: each stage's numpy
     and Pillow code then runs for every image while it is still in the CPU's caches, and a `Together` stage's
-    batch form runs once for all of them, which costs a batch of small images less (benchmarks/results/serve.md measures
-    both ways); the results are the same arrays, bit for bit.
+    batch form runs once for all of them, which costs a batch of small images less (benchmarks/results/serve.md
+    measures both ways); the results are the same arrays, bit for bit.
     """
     values: list[Any] = list(images)
     for stage in STAGES:
