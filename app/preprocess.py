@@ -224,11 +224,12 @@ def _ink_each(grays: list[np.ndarray]) -> list[Any]:
     return [attempt(_ink, gray) if ink is None else ink for ink, gray in zip(inks, grays, strict=True)]
 
 
-def _same_shape(arrays: list[np.ndarray], max_side: int) -> list[list[int]]:
-    """Indices of the arrays, grouped by shape, of the shapes that two or more share, with sides <= max_side."""
+def _same_shape(arrays: Sequence[np.ndarray | None], max_side: int) -> list[list[int]]:
+    """Indices of the arrays (None: left out), grouped by shape, of the shapes that two or more share, with
+    sides <= max_side."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, array in enumerate(arrays):
-        if max(array.shape) <= max_side:
+        if array is not None and max(array.shape) <= max_side:
             groups.setdefault(array.shape, []).append(i)
     return [members for members in groups.values() if len(members) > 1]
 
@@ -359,9 +360,7 @@ def _digit_bright_each(inks: list[tuple[np.ndarray, np.ndarray]]) -> list[Any]:
     """`_digit_bright` of each, or its exception. Inks that are their own average (thumbnails), of one size and
     mostly flat (MNIST's exact zeros: no noise to measure) in one pass; the rest one by one."""
     brights: list[Any] = [None] * len(inks)
-    thumbnails = [i for i, (ink, coarse) in enumerate(inks) if ink is coarse]
-    for members in _same_shape([inks[i][0] for i in thumbnails], COARSE_SIDE):
-        group = [thumbnails[j] for j in members]
+    for group in _same_shape([ink if ink is coarse else None for ink, coarse in inks], COARSE_SIDE):
         stack = np.stack([inks[i][0] for i in group])
         bright = np.maximum(stack, 0)
         steps = stack[:, :, 1:] - stack[:, :, :-1]  # as _pixel_noise: mostly exact zeros mean no noise
