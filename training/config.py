@@ -38,6 +38,17 @@ class TrainConfig:
     label_smoothing: float = knob(
         0.05, "label smoothing of the digit loss; keeps its confidences calibrated for the service's thresholds"
     )
+    elastic_px: float = knob(
+        0.0,
+        "RMS displacement, in pixels, of the elastic deformation augmentation (training/augment.py); 0: off, "
+        "because 0.75 and 1.5 measured worse on the training split (benchmarks/results/recipes_augment.md)",
+    )
+    elastic_sigma: float = knob(4.0, "smoothness of the elastic deformation: its Gaussian's sigma, in pixels")
+    lowres_share: float = knob(
+        0.2,
+        "share of each batch seen through a coarse grid of 7 to 14 px first (small scans, thumbnails); 0.2 measured "
+        "better than 0 and 0.4 on the training split, two seeds (benchmarks/results/recipes_augment.md)",
+    )
     width: int = knob(
         24, "channels of the first conv block (then 2x, 4x); the smallest that met the accuracy target in time"
     )

@@ -82,15 +82,15 @@ def train_epoch(
     pairs.draw(epoch)
     totals = np.zeros(5)  # digit loss, sum loss, digit correct, sum correct, count
     batches = pairs.index_batches(config.batch_size, generator)
+    elastic = (config.elastic_px, config.elastic_sigma) if config.elastic_px > 0 else None
     bar = tqdm(batches, total=len(batches), desc=f"epoch {epoch}/{config.epochs}")
     for index in bar:
         images, numbers, digits, sums = pairs.take(index, device)
         if drawings is not None:
             images = redraw_some(images, index, drawings, config.drawn_share, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            digit_loss, sum_loss, digit_lp, sum_lp = losses(
-                model, augment(images, generator), numbers, digits, sums, config.label_smoothing
-            )
+            seen = augment(images, generator, elastic, config.lowres_share)
+            digit_loss, sum_loss, digit_lp, sum_lp = losses(model, seen, numbers, digits, sums, config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         (digit_loss + sum_loss).backward()
         optimizer.step()

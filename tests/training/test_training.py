@@ -20,7 +20,7 @@ from tests.support.digits import load_sample as load_for_service_tests
 from tests.support.service import ROOT
 from training import data as digit_data
 from training import train as train_module
-from training.augment import augment
+from training.augment import augment, elastic_field, random_lowres
 from training.calibrate import expected_calibration_error, fit_temperature
 from training.config import TrainConfig
 from training.data import PairedDigits, Split, sample_csv_path
@@ -80,6 +80,42 @@ def test_augmentation_keeps_shape_range_and_is_seeded() -> None:
     b = augment(images, torch.Generator().manual_seed(0))
     assert a.shape == images.shape and torch.equal(a, b)
     assert 0 <= a.min() and a.max() <= 1 and not torch.equal(a, images)
+
+
+@pytest.mark.parametrize("alpha_px", [0.5, 2.0])
+def test_elastic_field_moves_pixels_by_about_alpha_smoothly_and_is_seeded(alpha_px: float) -> None:
+    shape = torch.Size([64, 1, 28, 28])
+    field = elastic_field(shape, torch.Generator().manual_seed(1), alpha_px, 4.0, torch.device("cpu"))
+    again = elastic_field(shape, torch.Generator().manual_seed(1), alpha_px, 4.0, torch.device("cpu"))
+    assert field.shape == (64, 28, 28, 2) and torch.equal(field, again)
+    px = field * 14  # grid units -> pixels: the grid spans [-1, 1] over 28 pixels
+    assert px.square().mean().sqrt().item() == pytest.approx(alpha_px, rel=1e-4)  # the RMS move
+    # smooth: neighbours move together (white noise would make these differences as large as the moves)
+    assert (px[:, 1:] - px[:, :-1]).abs().mean() < 0.25 * px.abs().mean()
+
+
+def test_elastic_augmentation_deforms_locally_and_off_is_the_plain_augmentation() -> None:
+    images = torch.rand(16, 1, 28, 28)
+    plain = augment(images, torch.Generator().manual_seed(0))
+    elastic = augment(images, torch.Generator().manual_seed(0), elastic=(2.0, 4.0))
+    assert torch.equal(plain, augment(images, torch.Generator().manual_seed(0), elastic=None))
+    assert elastic.shape == images.shape and 0 <= elastic.min() and elastic.max() <= 1
+    assert not torch.equal(plain, elastic)
+
+
+def test_lowres_coarsens_about_its_share_of_the_batch_keeping_each_peak() -> None:
+    images = (torch.rand(400, 1, 28, 28) > 0.7).float() * torch.rand(400, 1, 1, 1).clamp_min(0.5)
+    out = random_lowres(images, torch.Generator().manual_seed(0), share=0.25)
+    again = random_lowres(images, torch.Generator().manual_seed(0), share=0.25)
+    changed = (out != images).flatten(1).any(1)
+    assert torch.equal(out, again) and out.shape == images.shape
+    assert 70 <= changed.sum().item() <= 130  # about a quarter of 400
+    peak = lambda x: x.flatten(1).amax(1)  # noqa: E731
+    assert torch.allclose(peak(out), peak(images), atol=1e-5)  # as bright as before, where preprocessing puts it
+    # coarse: a 7-14 cell grid leaves no lone pixel standing out from its neighbours as random pixels do
+    roughness = lambda x: (x[..., 1:] - x[..., :-1]).abs().mean().item()  # noqa: E731
+    assert roughness(out[changed]) < 0.5 * roughness(images[changed])
+    assert torch.equal(random_lowres(images, torch.Generator().manual_seed(0), share=0.0), images)
 
 
 EVERY_STAGE = ("--drawn-share", "0.5", "--holdout-per-digit", "5")  # page drawings, calibration (the defaults' kind)
