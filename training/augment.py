@@ -21,8 +21,8 @@ def elastic_field(
 ) -> torch.Tensor:
     """A smooth random displacement field (B, H, W, 2), in grid_sample's [-1, 1] units (Simard et al., 2003).
 
-    White noise per pixel, blurred by a Gaussian of sigma_px and scaled so that a typical pixel moves about
-    alpha_px: the stroke bends and wobbles the way another writer's hand would, locally, not as a whole.
+    White noise per pixel, blurred by a Gaussian of sigma_px and scaled so that pixels move alpha_px (RMS):
+    the stroke bends and wobbles the way another writer's hand would, locally, not as a whole.
     """
     b, _, h, w = shape
     noise = torch.rand(b, 2, h, w, generator=generator).to(device) * 2 - 1
@@ -83,9 +83,13 @@ def random_lowres(
         which = torch.nonzero(chosen & (side == s)).flatten().to(images.device)
         coarse = F.interpolate(images[which], size=(s, s), mode="area")
         fine = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-        peak = lambda x: x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)  # noqa: E731
-        out[which] = fine * (peak(images[which]) / peak(fine))  # as bright as before: preprocessing stretches ink
+        out[which] = fine * (_peak(images[which]) / _peak(fine))  # as bright as before: preprocessing stretches ink
     return out
+
+
+def _peak(images: torch.Tensor) -> torch.Tensor:
+    """Each image's brightest value, (B, 1, 1, 1)."""
+    return images.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
 
 
 def augment(
