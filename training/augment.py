@@ -81,9 +81,10 @@ def random_lowres(
     out = images.clone()
     for s in side[chosen].unique().tolist():
         which = torch.nonzero(chosen & (side == s)).flatten().to(images.device)
-        coarse = F.interpolate(images[which], size=(s, s), mode="area")
+        picked = images[which]
+        coarse = F.interpolate(picked, size=(s, s), mode="area")
         fine = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-        out[which] = fine * (_peak(images[which]) / _peak(fine))  # as bright as before: preprocessing stretches ink
+        out[which] = fine * (_peak(picked) / _peak(fine))  # as bright as before: preprocessing stretches ink
     return out
 
 
