@@ -2,8 +2,14 @@
 
 Each request submits one item (a batch request all of its items at once, `submit_many`) and awaits an
 `asyncio.Future` per item; a single worker task gathers queued items into a batch and runs `run_batch` on a
-dedicated one-thread executor, so the event loop never blocks on inference and torch always sees the same
-caller thread.
+dedicated one-thread executor, so the event loop keeps reading requests while a batch runs.
+
+With `lone_inline`, a batch of one item with nothing queued behind it runs on the event loop instead: a lone
+request has no one to batch with and no one to keep waiting, and the hop to the thread and back (a futex wake,
+a self-pipe write, two GIL hand-overs) cost it more than its forward pass (benchmarks/results/serve.md,
+1 connection). Once requests overlap, the queue is not empty and batches go to the thread as before. The price:
+while a lone forward pass runs (about a millisecond here) the loop reads nothing, and a forward pass that hangs
+holds its worker's loop with it, where in the thread it would hold every later batch instead.
 
 Batching rule (a lone request is never slower than without batching):
 1. The worker takes everything queued right now, up to `max_batch_size`, skipping requests that already
@@ -100,7 +106,7 @@ class _Pending(Generic[T, R]):
 
 
 def _timed_call(run_batch: Callable[[list[T]], list[R]], items: list[T]) -> tuple[list[R], float]:
-    """Runs in the worker thread, so the duration excludes the hop between loop and thread."""
+    """Runs where the batch runs (the worker thread, or the loop for a lone item): the hop is not in the duration."""
     start = time.perf_counter()
     values = run_batch(items)
     return values, time.perf_counter() - start
@@ -116,6 +122,7 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float,
         max_queue: int,
         observer: BatchObserver | None = None,
+        lone_inline: bool = False,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError(
@@ -127,6 +134,7 @@ class MicroBatcher(Generic[T, R]):
         self._max_wait_s = max_wait_s
         self._max_queue = max_queue
         self._observer: BatchObserver = observer or NullObserver()
+        self.lone_inline = lone_inline  # public: the tests that hold a batch in the thread turn it off
         # The deque may hold abandoned entries (dequeued=True) until the worker or _compact drops them;
         # _queued counts only the live ones, which is what max_queue limits.
         self._queue: deque[_Pending[T, R]] = deque()
@@ -314,11 +322,13 @@ class MicroBatcher(Generic[T, R]):
         started = time.perf_counter()
         for pending in live:
             self._observer.on_queue_wait(started - pending.enqueued_at)
-        loop = asyncio.get_running_loop()
+        items = [p.item for p in live]
         try:
-            values, inference_s = await loop.run_in_executor(
-                self._executor, _timed_call, self._run_batch, [p.item for p in live]
-            )
+            if self.lone_inline and len(items) == 1 and not self._queued:
+                values, inference_s = _timed_call(self._run_batch, items)
+            else:
+                loop = asyncio.get_running_loop()
+                values, inference_s = await loop.run_in_executor(self._executor, _timed_call, self._run_batch, items)
             if len(values) != len(live):
                 raise RuntimeError(f"run_batch returned {len(values)} results for {len(live)} items")
         except Exception as exc:

@@ -39,8 +39,6 @@ INTERNAL_PATHS = frozenset({"/metrics", "/model"})  # with DIGITSUM_INTERNAL_POR
 
 
 def load_model(settings: Settings) -> Model:
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
     model = Model(settings.model_path, choose_device(settings.device), settings.allow_missing_card)
     MODEL_INFO.labels(model.sha256, str(model.device), model.path.name).set(1)
     log.info("loaded %s (sha256 %s...) on %s: %s", model.path, model.sha256[:12], model.device, model.device_reason)
@@ -51,6 +49,10 @@ def load_model(settings: Settings) -> Model:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load once (a bad checkpoint stops startup), then warm up and self-test before /readyz turns green."""
     settings: Settings = app.state.settings
+    if settings.torch_threads:
+        # Here, on the loop's thread: OpenMP keeps a thread count per thread, and lone requests run their forward
+        # pass on this one (app/batching.py); threads started later (the batch thread) take the new count too.
+        torch.set_num_threads(settings.torch_threads)
     try:
         model = await asyncio.to_thread(load_model, settings)
     except StartupError as exc:

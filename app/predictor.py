@@ -65,6 +65,7 @@ class Predictor:
             max_wait_s=settings.max_batch_wait_ms / 1000,
             max_queue=settings.max_queue,
             observer=BatchMetrics(),
+            lone_inline=model.device.type == "cpu",  # a GPU's batches keep to the one thread that owns it
         )
         limits = DecodeLimits(settings.max_pixels, settings.decode_cpu_s, settings.decode_memory_mb * 2**20)
         self.decoder = Decoder(limits, settings.decode_processes, settings.max_queue)

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
@@ -176,22 +177,24 @@ def test_readiness_stays_red_when_the_self_test_fails(tmp_path, sample: Sample) 
         assert response.json()["detail"].startswith("The model is not ready yet (self-test failed")
 
 
-def test_thumbnails_are_preprocessed_in_the_batch_thread_and_bigger_uploads_in_a_decoder_process(
+def test_thumbnails_are_preprocessed_with_their_batch_and_bigger_uploads_in_a_decoder_process(
     client: TestClient, sample: Sample, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     where: list[str] = []
     inline, in_process = decoder_module.to_mnist_each, decoder_module.DecoderProcess.round_trip
+    loop_thread = client.portal.call(threading.current_thread)
 
-    def in_the_batch_thread(images):  # type: ignore[no-untyped-def]
+    def with_the_batch(images):  # type: ignore[no-untyped-def]
         if images:  # a batch of decoded uploads finishes no thumbnail
-            where.append(threading.current_thread().name.rsplit("_", 1)[0])
+            # one request at a time: each is a lone batch, run on the event loop (app/batching.py, lone_inline)
+            where.append("loop" if threading.current_thread() is loop_thread else threading.current_thread().name)
         return inline(images)
 
     def in_a_process(*args):  # type: ignore[no-untyped-def]
         where.append("process")
         return in_process(*args)
 
-    monkeypatch.setattr(decoder_module, "to_mnist_each", in_the_batch_thread)
+    monkeypatch.setattr(decoder_module, "to_mnist_each", with_the_batch)
     monkeypatch.setattr(decoder_module.DecoderProcess, "round_trip", in_a_process)
     digit, label = sample.test.images[0], int(sample.test.labels[0])
     big = np.asarray(Image.fromarray(digit).resize((280, 280)))
@@ -201,7 +204,12 @@ def test_thumbnails_are_preprocessed_in_the_batch_thread_and_bigger_uploads_in_a
         response = post(client, image, 1)
         assert response.status_code == 200, response.text
         assert response.json()["digit"] == label
-    assert where == ["digitsum-batch", "process", "process"]
+    assert where == ["loop", "process", "process"]
+
+
+def test_the_event_loop_runs_torch_on_the_configured_thread_count(client: TestClient) -> None:
+    # a lone request's forward pass runs on the loop's thread; OpenMP keeps its thread count per thread
+    assert client.portal.call(torch.get_num_threads) == 1
 
 
 def text_chunk(text: str) -> PngImagePlugin.PngInfo:

@@ -30,6 +30,7 @@ class FakeModel:
 
     def __init__(self, fail_on: int | None = None, drop_one: bool = False) -> None:
         self.batches: list[list[int]] = []
+        self.threads: list[int] = []  # the thread each batch ran on
         self.entered = threading.Event()
         self.gate = threading.Event()
         self.gate.set()
@@ -38,6 +39,7 @@ class FakeModel:
 
     def __call__(self, items: list[int]) -> list[int]:
         self.batches.append(list(items))
+        self.threads.append(threading.get_ident())
         self.entered.set()
         assert self.gate.wait(GUARD_S)
         if self.fail_on in items:
@@ -381,3 +383,40 @@ async def test_submit_before_start_is_refused() -> None:
 def test_bad_limits_say_what_to_fix() -> None:
     with pytest.raises(ValueError, match="max_batch_size >= 1"):
         MicroBatcher(FakeModel(), max_batch_size=0, max_wait_s=0, max_queue=10)
+
+
+async def test_lone_inline_runs_a_lone_item_on_the_loop_and_overlapping_ones_in_the_thread() -> None:
+    model = FakeModel()
+    batcher: MicroBatcher[int, int] = MicroBatcher(model, 4, 0.0, 100, lone_inline=True)
+    loop_thread = threading.get_ident()
+    async with asyncio.timeout(GUARD_S):
+        await batcher.start()
+        try:
+            assert await batcher.submit(1) == 10  # alone: run right here
+            assert await asyncio.gather(*(batcher.submit(i) for i in range(2, 8))) == [20, 30, 40, 50, 60, 70]
+        finally:
+            await batcher.stop()
+    assert model.batches == [[1], [2, 3, 4, 5], [6, 7]]
+    assert model.threads[0] == loop_thread
+    assert loop_thread not in model.threads[1:]
+
+
+async def test_lone_inline_sends_a_batch_of_one_to_the_thread_while_others_queue_behind_it() -> None:
+    model = FakeModel()
+    batcher: MicroBatcher[int, int] = MicroBatcher(model, 1, 0.0, 100, lone_inline=True)
+    loop_thread = threading.get_ident()
+    async with asyncio.timeout(GUARD_S):
+        await batcher.start()
+        try:
+            assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 10, 20]
+        finally:
+            await batcher.stop()
+    assert model.batches == [[0], [1], [2]]
+    assert [thread == loop_thread for thread in model.threads] == [False, False, True]  # only the last was alone
+
+
+async def test_without_lone_inline_every_batch_runs_in_the_thread() -> None:
+    model = FakeModel()
+    async with running(model) as batcher:
+        assert await batcher.submit(1) == 10
+    assert model.threads != [threading.get_ident()]

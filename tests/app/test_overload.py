@@ -46,8 +46,10 @@ def image(sample: Sample) -> bytes:
 
 @pytest.fixture
 def gate(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """The forward pass waits until the test sets the event (or 10 s pass)."""
+    """The forward pass waits until the test sets the event (or 10 s pass), in the batch thread: a lone request's
+    would otherwise run on the event loop itself (app/batching.py, lone_inline), and hold it."""
     opened = threading.Event()
+    monkeypatch.setattr(predictor.batcher, "lone_inline", False)
     real = predictor.model.predict
 
     def blocked(images: np.ndarray, numbers: list[int]):  # type: ignore[no-untyped-def]
