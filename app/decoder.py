@@ -1,14 +1,14 @@
-"""Where an upload is decoded: thumbnails in the batch thread, everything else in a decoder process with hard limits.
+"""Where an upload is decoded: thumbnails with their batch, everything else in a decoder process with hard limits.
 
 A thumbnail (<= INLINE_MAX_BYTES and <= INLINE_MAX_PIXELS) costs well under a millisecond, less than a hand-off
-to a process, so `decode` only checks its header and hands the checked image on: the batch thread decodes and
-preprocesses it right before the forward pass (app/predictor.py), where numpy's and Pillow's code stays in the
-cache from one image to the next; interleaved with the event loop's HTTP work the same preprocessing cost much
-more (the history of benchmarks/results/serve.md has the before and after). Anything bigger goes to one of a few
-decoder processes (numpy and Pillow only, no torch), because a file of a few KB can still cost
-seconds and hundreds of MB to decode (RLE, thousands of progressive scans, 16-bit or float pixels), and a
-decode running in the service's own process can be neither stopped nor made to give its memory back. Each
-job in a decoder process is bounded by:
+to a process, so `decode` only checks its header and hands the checked image on: its batch decodes and
+preprocesses it right before the forward pass (app/predictor.py; in the batch thread, or on the loop for a lone
+request, app/batching.py), where numpy's and Pillow's code stays in the cache from one image to the next;
+interleaved with the event loop's HTTP work the same preprocessing cost much more (the history of
+benchmarks/results/serve.md has the before and after). Anything bigger goes to one of a few decoder processes
+(numpy and Pillow only, no torch), because a file of a few KB can still cost seconds and hundreds of MB to decode
+(RLE, thousands of progressive scans, 16-bit or float pixels), and a decode running in the service's own process
+can be neither stopped nor made to give its memory back. Each job in a decoder process is bounded by:
 
 * CPU time: `cpu_s` seconds (ITIMER_PROF; its signal ends the process: 413);
 * memory: `memory_bytes` above the process's size at start (RLIMIT_AS: MemoryError, 413); a process that
