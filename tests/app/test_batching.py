@@ -80,8 +80,9 @@ async def running(
     max_wait_s: float = 0.0,
     max_queue: int = 100,
     observer: RecordingObserver | None = None,
+    lone_inline: bool = False,
 ) -> AsyncIterator[MicroBatcher[int, int]]:
-    batcher = MicroBatcher(model, max_batch_size, max_wait_s, max_queue, observer)
+    batcher = MicroBatcher(model, max_batch_size, max_wait_s, max_queue, observer, lone_inline)
     async with asyncio.timeout(GUARD_S):
         await batcher.start()
         try:
@@ -387,15 +388,10 @@ def test_bad_limits_say_what_to_fix() -> None:
 
 async def test_lone_inline_runs_a_lone_item_on_the_loop_and_overlapping_ones_in_the_thread() -> None:
     model = FakeModel()
-    batcher: MicroBatcher[int, int] = MicroBatcher(model, 4, 0.0, 100, lone_inline=True)
+    async with running(model, max_batch_size=4, lone_inline=True) as batcher:
+        assert await batcher.submit(1) == 10  # alone: run right here
+        assert await asyncio.gather(*(batcher.submit(i) for i in range(2, 8))) == [20, 30, 40, 50, 60, 70]
     loop_thread = threading.get_ident()
-    async with asyncio.timeout(GUARD_S):
-        await batcher.start()
-        try:
-            assert await batcher.submit(1) == 10  # alone: run right here
-            assert await asyncio.gather(*(batcher.submit(i) for i in range(2, 8))) == [20, 30, 40, 50, 60, 70]
-        finally:
-            await batcher.stop()
     assert model.batches == [[1], [2, 3, 4, 5], [6, 7]]
     assert model.threads[0] == loop_thread
     assert loop_thread not in model.threads[1:]
@@ -403,14 +399,9 @@ async def test_lone_inline_runs_a_lone_item_on_the_loop_and_overlapping_ones_in_
 
 async def test_lone_inline_sends_a_batch_of_one_to_the_thread_while_others_queue_behind_it() -> None:
     model = FakeModel()
-    batcher: MicroBatcher[int, int] = MicroBatcher(model, 1, 0.0, 100, lone_inline=True)
+    async with running(model, max_batch_size=1, lone_inline=True) as batcher:
+        assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 10, 20]
     loop_thread = threading.get_ident()
-    async with asyncio.timeout(GUARD_S):
-        await batcher.start()
-        try:
-            assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 10, 20]
-        finally:
-            await batcher.stop()
     assert model.batches == [[0], [1], [2]]
     assert [thread == loop_thread for thread in model.threads] == [False, False, True]  # only the last was alone
 
