@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +94,31 @@ def test_targets_are_met_or_missed_as_the_issue_states_them() -> None:
     points[0] = point("service", 64, 1900, 30, 45, 1.1, errors=1)
     points[-1] = dataclasses.replace(points[-1], rps=50)  # 3,200 images/s
     assert met(points) == ["**no**", "**no**", "yes", "yes", "**no**", "**no**"]
+
+
+def test_the_batch_target_takes_the_median_of_the_alternating_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    points = [point("service", 64, 2000, 30, 40, 0.9), point("litserve", 64, 900, 70, 120, 2.4),
+              dataclasses.replace(point("service", 4, 60, 50, 60, 2.0), images=64, series="batch")]  # fmt: skip
+    rates = {("channels-last", 2, 64): 4000.0}  # the single point alone would meet it: 3,840 images/s
+
+    def batch_row(rounds: list[serve.Round]) -> str:
+        monkeypatch.setattr(serve, "ROUNDS", rounds)
+        rows = serve.targets({(p.server, p.connections): p for p in points if p.series == "connections"}, points, rates)
+        return next(row for row in rows if row.startswith("| POST"))
+
+    # ratios against the 2-thread figure: 0.40, 0.52, 0.58 -> median 0.52
+    rounds = [serve.Round(64, 2000, {1: 3000, 2: 5000}), serve.Round(64, 2600, {1: 3500, 2: 5000}),
+              serve.Round(64, 2900, {1: 3600, 2: 5000}), serve.Round(16, 100, {1: 3000, 2: 5000})]  # fmt: skip
+    assert "median of 3 alternating rounds 0.52x" in batch_row(rounds) and batch_row(rounds).endswith("| yes |")
+    rounds[1] = serve.Round(64, 2400, {1: 3500, 2: 5000})  # 0.48: now the median
+    assert batch_row(rounds).endswith("| **no** |")
+
+
+def test_the_rounds_survive_the_json_that_renders_a_run_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rounds = [serve.Round(64, 2500.0, {1: 3500.0, 2: 5000.0})]
+    monkeypatch.setattr(serve, "ROUNDS", rounds)
+    args = argparse.Namespace(argv=[], out=tmp_path / "serve.md", litserve_args="", bentoml_args="", rayserve_args="")
+    serve.save(args, [], {}, {}, [0.5, 0.6])
+    monkeypatch.setattr(serve, "ROUNDS", [])
+    serve.from_json(tmp_path / "serve.json")
+    assert serve.ROUNDS == rounds and serve.ROUNDS[0].ratio() == 0.5
