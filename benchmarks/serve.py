@@ -1120,8 +1120,10 @@ def from_json(path: Path) -> tuple[list[Point], dict[tuple[str, int, int], float
         SWEEPS[name] = [(a, Point(**p) if isinstance(p, dict) else p) for a, p in tried]
     FAILURES.update(raw["failures"])
     BATCH_NOTE.extend(raw["batch_note"])
-    for r in raw.get("rounds", []):  # runs before --rounds have none
-        ROUNDS.append(Round(r["batch"], r["served"], {int(threads): v for threads, v in r["bare"].items()}))
+    ROUNDS[:] = [  # runs before --rounds have none
+        Round(r["batch"], r["served"], {int(threads): rate for threads, rate in r["bare"].items()})
+        for r in raw.get("rounds", [])
+    ]
     PROFILES.update({k: (v[0], v[1]) for k, v in raw["profiles"].items()})
     rates = {(layout, threads, batch): rate for layout, threads, batch, rate in raw["rates"]}
     preprocess_ms = raw["preprocess_ms"]  # one figure in runs before the batch thread's was measured

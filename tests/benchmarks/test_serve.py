@@ -74,7 +74,8 @@ def point(
     return serve.Point(server, connections, rps, p50, p99, errors, cpu_ms * rps / 1000, 1.0)
 
 
-def test_targets_are_met_or_missed_as_the_issue_states_them() -> None:
+def test_targets_are_met_or_missed_as_the_issue_states_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serve, "ROUNDS", [])  # a run without alternating rounds (from_json elsewhere may set them)
     points = [
         point("service", 64, 2000, 30, 40, 0.9),
         point("litserve", 64, 900, 70, 120, 2.4),
