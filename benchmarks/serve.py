@@ -56,6 +56,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -469,15 +470,10 @@ def alternate(pid: int, url: str, body_dir: Path, count: int, batch: int,
     forward at that batch (channels-last, as app/model.py runs it) on 1 thread and on every core, while the service
     idles: each round's ratio compares figures taken seconds apart."""
     model = bare_model("channels-last")
-    default_threads = torch.get_num_threads()
     for _ in range(args.rounds):
         served = point("service", pid, url, body_dir, count, args.batch_connections, args.seconds, images=batch,
                        series="batch")  # fmt: skip
-        bare = {}
-        for threads in sorted({1, default_threads}):
-            torch.set_num_threads(threads)
-            bare[threads] = images_per_s(model, *inputs, batch, args.seconds)
-        torch.set_num_threads(default_threads)
+        bare = {threads: images_per_s(model, *inputs, batch, args.seconds) for threads in thread_counts()}
         ROUNDS.append(Round(batch, served.rps * batch, bare))
         print(f"  round {len(ROUNDS)}: bare forward at batch {batch}: "
               + ", ".join(f"{rate:,.0f} images/s on {t} thread{'s' * (t > 1)}" for t, rate in bare.items()),
@@ -610,6 +606,17 @@ def profile(
 # --- the floor ----------------------------------------------------------------------------------
 
 
+def thread_counts() -> Iterator[int]:
+    """Runs torch on 1 thread, then on its default (every core), yielding each count; the default again after."""
+    default = torch.get_num_threads()
+    try:
+        for threads in sorted({1, default}):
+            torch.set_num_threads(threads)
+            yield threads
+    finally:
+        torch.set_num_threads(default)
+
+
 def images_per_s(
     model: torch.jit.ScriptModule, images: torch.Tensor, numbers: torch.Tensor, batch: int, seconds: float
 ) -> float:
@@ -659,14 +666,12 @@ def floor(images: np.ndarray, seconds: float) -> tuple[dict[tuple[str, int, int]
     """{(layout, torch threads, batch): images/s} for the bare model, and preprocessing's CPU ms per 28x28 PNG."""
     preprocess_ms = preprocess_costs([png_bytes(pixels) for pixels in images])
     tensors = bare_inputs(images)
-    default_threads, rates = torch.get_num_threads(), {}
+    rates = {}
     for layout in ("as saved", "channels-last"):
         model = bare_model(layout)
-        for threads in sorted({1, default_threads}):
-            torch.set_num_threads(threads)
+        for threads in thread_counts():
             for batch in (1, 16, 64) if layout == "channels-last" and threads == 1 else (1, 64):
                 rates[layout, threads, batch] = images_per_s(model, *tensors, batch, seconds)
-    torch.set_num_threads(default_threads)
     return rates, preprocess_ms
 
 
