@@ -29,7 +29,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serve import errors_of, free_port, make_run_command, makefile_default, run_wrk, stop, write_bodies  # noqa: E402
+from benchmarks.serve import (  # noqa: E402
+    digit_bodies,
+    errors_of,
+    free_port,
+    make_run_command,
+    makefile_default,
+    run_wrk,
+    stop,
+    write_bodies,
+)
 from training.data import load_sample  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "container.md"
@@ -161,7 +170,8 @@ def main() -> None:
     image = os.environ.get("DIGITSUM_IMAGE", "digitsum:latest")
     split = load_sample().test
     body_dir = Path(tempfile.mkdtemp(prefix="digitsum-container-"))
-    count = len(write_bodies(split.images.numpy(), body_dir))
+    count = len(bodies := digit_bodies(split.images.numpy()))
+    write_bodies(bodies, body_dir)
     load_before = os.getloadavg()[0]
     total, layers, packages = image_size(image)
     built = None if args.no_build_time else build_seconds(os.environ.get("DIGITSUM_BUILD_ARGS", ""))

@@ -166,6 +166,11 @@ def batch_body(images: list[bytes], numbers: list[int]) -> bytes:
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
+def digit_bodies(images: np.ndarray) -> list[bytes]:
+    """(N, 28, 28) uint8 -> POST /predict bodies: image i as a PNG, sent with the number i % 10."""
+    return [multipart_body(png_bytes(pixels), i % 10) for i, pixels in enumerate(images)]
+
+
 def write_bodies(bodies: list[bytes], out: Path) -> Path:
     """Body files for multipart.lua in `out` (made here)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -376,7 +381,7 @@ class Load:
 def make_load(images: np.ndarray, labels: np.ndarray, tmp: Path, args: argparse.Namespace) -> Load:
     """(N, 28, 28) uint8 -> the bodies; image i is sent with number i % 10."""
     rng = np.random.default_rng(0)
-    bodies = [multipart_body(png_bytes(pixels), i % 10) for i, pixels in enumerate(images)]
+    bodies = digit_bodies(images)
     sizes = {}
     for name in args.sizes:
         if name == "28x28 PNG":
@@ -1079,7 +1084,7 @@ def run(
             for name in PEERS:
                 if name in args.only:
                     sweep(name, args, load)
-                    save(args, [], {}, 0.0, [*loads, os.getloadavg()[0]])
+                    save(args, [], {}, {}, [*loads, os.getloadavg()[0]])
         if args.before:
             args.before_dir = Path(tmp) / "before"
             subprocess.run(["git", "worktree", "add", "--detach", str(args.before_dir), args.before], cwd=ROOT,
@@ -1092,7 +1097,7 @@ def run(
                     except (ServerFailed, AssertionError, OSError) as exc:  # reported, and the run goes on
                         FAILURES[name] = str(exc)
                         print(f"  {name} failed: {exc}", file=sys.stderr)
-                    save(args, points, {}, 0.0, [*loads, os.getloadavg()[0]])  # so far, in case the run is cut short
+                    save(args, points, {}, {}, [*loads, os.getloadavg()[0]])  # so far, in case the run is cut short
         finally:
             if args.before:
                 subprocess.run(["git", "worktree", "remove", "--force", str(args.before_dir)], cwd=ROOT, check=True)
