@@ -5,7 +5,7 @@
 Writes benchmarks/results/container.md. Steps:
 1. size: `docker image inspect`, the layers (`docker history`), the largest installed packages (`du` in the image);
 2. build time: `docker build --no-cache` of the Dockerfile (downloads every wheel again, ~3 GB), unless --no-build-time;
-3. speed: wrk (benchmarks/multipart.lua, 64 connections, the 1,000 test-split bodies) against the container on the
+3. speed: wrk (benchmarks/bodies.lua, 64 connections, the 1,000 test-split bodies) against the container on the
    CPU with `--cpus=2` (its launcher picks the workers: --workers auto) and against `make run` on this machine,
    alternated over --rounds (the machine is shared: other load moves between measurements), the container at its
    bridge address (its own serving); then once at its published port on 127.0.0.1 (through docker-proxy).

@@ -10,7 +10,7 @@
 3. Time the bare forward at batch 1, 64 and 512 in each variant: fp32 (what the service runs), channels-last,
    bf16 autocast, CUDA graphs. A variant is worth adopting only if it is faster *and* its digits and sums are
    identical to fp32's on the same 1,000 images; the report says which, and the service's defaults should follow.
-4. The service under wrk (benchmarks/multipart.lua, the same bodies) at 1, 64 and 256 connections, with one worker
+4. The service under wrk (benchmarks/bodies.lua, the same bodies) at 1, 64 and 256 connections, with one worker
    process owning the GPU and with `--workers auto` (one per CPU of the quota, as the image runs) sharing it:
    which of the two scales the CPU side (HTTP, decoding, preprocessing) is the measurement the README's Deployment
    section waits for.

@@ -8,7 +8,7 @@ vs the framework alone vs the bare model, and the service's cost curve.
     python benchmarks/serve.py --from-json benchmarks/results/serve.json  # the report and plot again
 
 Every server serves models/digitsum.pt with app.preprocess.preprocess and gets the same load: wrk (one
-thread) driving benchmarks/multipart.lua, which rotates through 1,000 multipart bodies built here from the
+thread) driving benchmarks/bodies.lua, which rotates through 1,000 multipart bodies built here from the
 test split (PNG + number). Each server runs alone as a subprocess on 127.0.0.1: start, wait until ready,
 check one answer, warm up until every worker answers 200, measure each connection count, stop.
 
@@ -72,7 +72,8 @@ from app.preprocess import preprocess  # noqa: E402
 from app.upload import open_checked  # noqa: E402
 from training.data import load_sample  # noqa: E402
 
-LUA = ROOT / "benchmarks" / "multipart.lua"
+LUA = ROOT / "benchmarks" / "bodies.lua"
+SOCKET_ERRORS = ("connect_errors", "read_errors", "write_errors", "timeouts")  # as bodies.lua reports them
 MODEL = ROOT / "models" / "digitsum.pt"
 BOUNDARY = "digitsumbenchmark7MA4YWxkTrZu0gW"
 MAX_PIXELS = 40_000_000
@@ -171,12 +172,17 @@ def digit_bodies(images: np.ndarray) -> list[bytes]:
     return [multipart_body(png_bytes(pixels), i % 10) for i, pixels in enumerate(images)]
 
 
-def write_bodies(bodies: list[bytes], out: Path) -> Path:
-    """Body files for multipart.lua in `out` (made here)."""
+def write_bodies(bodies: list[bytes], out: Path, content_types: list[str] | None = None) -> Path:
+    """bodies.lua's BODY_DIR in `out` (made here): the body files and manifest.txt, which names each with its
+    Content-Type: this module's multipart form, unless `content_types` gives one per body."""
     out.mkdir(parents=True, exist_ok=True)
-    for i, body in enumerate(bodies):
+    lines = []
+    for i, (body, content_type) in enumerate(
+        zip(bodies, content_types or [f"multipart/form-data; boundary={BOUNDARY}"] * len(bodies), strict=True)
+    ):
         (out / f"body_{i:04d}.bin").write_bytes(body)
-    (out / "boundary.txt").write_text(BOUNDARY)
+        lines.append(f"body_{i:04d}.bin\t{content_type}")
+    (out / "manifest.txt").write_text("\n".join(lines) + "\n")
     return out
 
 
@@ -208,9 +214,12 @@ def upload_bytes(digit: np.ndarray, name: str, rng: np.random.Generator) -> byte
     return buffer.getvalue()
 
 
-def run_wrk(url: str, body_dir: Path, count: int, connections: int, seconds: int) -> dict[str, object]:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(LUA), url,
-               "--", str(body_dir), str(count)]  # fmt: skip
+def run_wrk(
+    url: str, body_dir: Path, count: int | None, connections: int, seconds: int, threads: int = 1, timeout_s: int = 5
+) -> dict[str, object]:
+    """wrk with bodies.lua over the first `count` bodies of `body_dir` (None: all): what its done() printed."""
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", f"{timeout_s}s", "-s",
+               str(LUA), url, "--", str(body_dir), *([str(count)] if count else [])]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
     line = next((x for x in result.stdout.splitlines() if x.startswith("WRK_RESULT ")), None)
     assert line is not None, f"wrk printed no result:\n{result.stdout}\n{result.stderr}"
@@ -219,7 +228,11 @@ def run_wrk(url: str, body_dir: Path, count: int, connections: int, seconds: int
 
 def errors_of(result: dict[str, object]) -> int:
     statuses: dict[str, int] = result["statuses"]  # type: ignore[assignment]
-    return sum(n for code, n in statuses.items() if not code.startswith("2")) + int(result["socket_errors"])  # type: ignore[call-overload]
+    return sum(n for code, n in statuses.items() if not code.startswith("2")) + socket_errors(result)
+
+
+def socket_errors(result: dict[str, object]) -> int:
+    return sum(int(result[key]) for key in SOCKET_ERRORS)  # type: ignore[call-overload]
 
 
 # --- the servers --------------------------------------------------------------------------------

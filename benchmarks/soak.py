@@ -4,7 +4,7 @@
     python benchmarks/soak.py --seconds 60 --window 15
 
 Starts one `uvicorn app.main:app --no-access-log` process (as the Dockerfile does; `make run` starts one per
-core) on 127.0.0.1 with the shipped model on the CPU, drives it with wrk (benchmarks/soak.lua) in consecutive
+core) on 127.0.0.1 with the shipped model on the CPU, drives it with wrk (benchmarks/bodies.lua) in consecutive
 windows, samples the server's resident memory (VmRSS in /proc/PID/status) every 2 s, and reports per window: throughput,
 latency percentiles, statuses and RSS. The first window is the warm-up. Targets: no 5xx at all, and RSS
 after the warm-up grows by less than 50 MB. Writes markdown to stdout and to benchmarks/results/soak.md.
@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,14 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.serve import free_port, png_bytes, run_wrk, socket_errors, write_bodies  # noqa: E402
 from training.data import load_sample  # noqa: E402
 
-LUA = ROOT / "benchmarks" / "soak.lua"
 BOUNDARY = "digitsumsoak5Hq2VbWmN8"
 GROWTH_TARGET_MB = 50.0
 # (kind, requests per 20, expected status)
@@ -58,44 +55,28 @@ def multipart(image: bytes, number: str) -> bytes:
     )
 
 
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def body(kind: str, digit: np.ndarray, number: int, rng: np.random.Generator) -> tuple[bytes, str]:
     """One request of a MIX kind: (body, Content-Type)."""
     form = f"multipart/form-data; boundary={BOUNDARY}"
     if kind == "digit":
-        return multipart(png(digit), str(number)), form
+        return multipart(png_bytes(digit), str(number)), form
     if kind == "garbage":
         return multipart(rng.bytes(2048), "3"), form
     if kind == "bad number":
-        return multipart(png(digit), str(rng.choice(["10", "-1", "3.5", "x"]))), form
+        return multipart(png_bytes(digit), str(rng.choice(["10", "-1", "3.5", "x"]))), form
     if kind == "blank":
-        return multipart(png(np.full((64, 64), 255, np.uint8)), "3"), form
+        return multipart(png_bytes(np.full((64, 64), 255, np.uint8)), "3"), form
     assert kind == "json", kind
     return json.dumps({"image": "x", "number": 3}).encode(), "application/json"
 
 
-def write_bodies(directory: Path, rounds: int = 50) -> None:
-    """`rounds` x 20 request bodies in MIX proportions, and manifest.txt listing them in rotation order."""
+def write_mix(directory: Path, rounds: int = 50) -> None:
+    """`rounds` x 20 request bodies in MIX proportions, in rotation order, as bodies.lua reads them."""
     digits = load_sample().test.images.numpy()  # (1000, 28, 28) uint8, never seen in training
     rng = np.random.default_rng(0)
     kinds = [kind for kind, count, _ in MIX for _ in range(count)] * rounds
-    lines = []
-    for k, kind in enumerate(kinds):
-        data, content_type = body(kind, digits[k % len(digits)], k % 10, rng)
-        (directory / f"body_{k:05d}.bin").write_bytes(data)
-        lines.append(f"body_{k:05d}.bin\t{content_type}")
-    (directory / "manifest.txt").write_text("\n".join(lines) + "\n")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    requests = [body(kind, digits[k % len(digits)], k % 10, rng) for k, kind in enumerate(kinds)]
+    write_bodies([data for data, _ in requests], directory, [content_type for _, content_type in requests])
 
 
 def start_server(port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -154,7 +135,7 @@ class RssSampler(threading.Thread):
 
 @dataclass
 class Window:
-    """One wrk run, from the JSON line soak.lua's done() prints (latencies there in microseconds)."""
+    """One wrk run, from what bodies.lua's done() prints (latencies there in microseconds)."""
 
     requests: int
     seconds: float
@@ -167,7 +148,7 @@ class Window:
 
     @classmethod
     def from_wrk(cls, data: dict[str, Any]) -> Window:
-        ms = {key: data[key] / 1000 for key in ("p50", "p90", "p99", "max")}
+        ms = {key: data[f"{key}_us"] / 1000 for key in ("p50", "p90", "p99", "max")}
         return cls(
             requests=data["requests"],
             seconds=data["duration_us"] / 1e6,
@@ -176,7 +157,7 @@ class Window:
             p90_ms=ms["p90"],
             p99_ms=ms["p99"],
             max_ms=ms["max"],
-            socket_errors=sum(data[key] for key in ("connect_errors", "read_errors", "write_errors", "timeouts")),
+            socket_errors=socket_errors(data),
         )
 
     @property
@@ -185,21 +166,7 @@ class Window:
 
 
 def run_window(url: str, bodies: Path, seconds: int, connections: int, threads: int) -> Window:
-    command = [
-        "wrk",
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{seconds}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(LUA),
-        url + "/predict",
-        "--",
-        str(bodies),
-    ]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return Window.from_wrk(json.loads(next(line for line in output.splitlines() if line.startswith("{"))))
+    return Window.from_wrk(run_wrk(url + "/predict", bodies, None, connections, seconds, threads, timeout_s=10))
 
 
 def server_5xx(url: str) -> int:
@@ -250,7 +217,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]  # other work on the machine skews latency, not correctness or memory
     with tempfile.TemporaryDirectory(prefix="digitsum-soak-") as tmp:
         bodies = Path(tmp)
-        write_bodies(bodies)
+        write_mix(bodies)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         process = start_server(port, bodies / "uvicorn.log")
