@@ -37,7 +37,7 @@ test: $(BIN)/.dev  ## the whole suite
 lint: $(BIN)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy app training
+	$(BIN)/mypy app training benchmarks
 	$(BIN)/hadolint Dockerfile
 	docker-compose config -q
 

@@ -45,7 +45,7 @@ def measure(model: Model, images: np.ndarray, labels: np.ndarray | None) -> dict
     old_digit, old_sum = digit_p.argmax(1), sum_p.argmax(1)
     answers = model.predict(np.repeat(images, 10, axis=0), numbers.tolist())  # what the service answers
     new_digit = np.array([a.digit for a in answers])
-    row = {
+    row: dict[str, float] = {
         "answers": len(numbers),
         "old_contradictions": int((old_digit + numbers != old_sum).sum()),
         "new_contradictions": sum(a.digit + int(n) != a.sum for a, n in zip(answers, numbers, strict=True)),

@@ -32,6 +32,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,7 +116,7 @@ def model_device(port: int) -> str:
 
 def compare(port: int, bodies: list[bytes], reference: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, float]:
     digits, sums, probabilities = reference
-    got = [post(port, body) for body in bodies]
+    got: list[tuple[int, Any]] = [post(port, body) for body in bodies]
     assert all(status == 200 for status, _ in got), [answer for status, answer in got if status != 200][:3]
     served_digits = np.array([answer["digit"] for _, answer in got])
     served_sums = np.array([answer["sum"] for _, answer in got])

@@ -43,8 +43,8 @@ def coarse_scan(image: np.ndarray, cells: int = 10, levels: int = 17, side: int 
     """A uint8 28x28 digit as a coarse scan reaches the network: `cells` x `cells` averages at `levels` grey
     levels, enlarged to `side` x `side`, then the service's preprocessing."""
     grid = np.asarray(Image.fromarray(image).resize((cells, cells), Image.Resampling.BOX), np.float32)
-    grid = np.round(grid / 255 * (levels - 1)) * 255 / (levels - 1)
-    return to_mnist(Image.fromarray(grid.astype(np.uint8)).resize((side, side), Image.Resampling.BILINEAR))
+    quantised = np.round(grid / 255 * (levels - 1)) * 255 / (levels - 1)
+    return to_mnist(Image.fromarray(quantised.astype(np.uint8)).resize((side, side), Image.Resampling.BILINEAR))
 
 
 RECIPE_FLAGS = ("drawn_share", "epochs", "width", "holdout_per_digit", "elastic_px", "lowres_share", "seed")

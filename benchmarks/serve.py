@@ -736,10 +736,10 @@ def report(points: list[Point], rates: dict[tuple[str, int, int], float], prepro
     by = {(p.server, p.connections): p for p in plain}
     lines += ratios(by, rates, args) + targets(by, points, rates) + cost_curve(points, rates, args)
     if rates:
-        one, batch = preprocess_ms["one"], preprocess_ms["batch"]
+        one_ms, batch_ms = preprocess_ms["one"], preprocess_ms["batch"]
         lines += ["", f"Preprocessing a 28x28 test PNG (fewest CPU ms of 5 passes over the 1,000): "
-                  f"`app.preprocess.preprocess` one at a time {one:.2f} ms; as the batch thread does it, 64 "
-                  f"header-checked thumbnails at a time (`Decoder.finish`) {batch:.2f} ms."]  # fmt: skip
+                  f"`app.preprocess.preprocess` one at a time {one_ms:.2f} ms; as the batch thread does it, 64 "
+                  f"header-checked thumbnails at a time (`Decoder.finish`) {batch_ms:.2f} ms."]  # fmt: skip
     lines += sweeps(args) + failures() + profiles(args)
     return "\n".join(lines) + "\n"
 
