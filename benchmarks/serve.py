@@ -76,6 +76,7 @@ LUA = ROOT / "benchmarks" / "bodies.lua"
 SOCKET_ERRORS = ("connect_errors", "read_errors", "write_errors", "timeouts")  # as bodies.lua reports them
 MODEL = ROOT / "models" / "digitsum.pt"
 BOUNDARY = "digitsumbenchmark7MA4YWxkTrZu0gW"
+FORM = f"multipart/form-data; boundary={BOUNDARY}"  # the Content-Type of every body built here
 MAX_PIXELS = 40_000_000
 # LitServe's best at 64 connections on this machine, the default for (c); --sweep tries these and (c) then uses the
 # best of them (benchmarks/results/serve.md has the last sweep)
@@ -152,11 +153,11 @@ def file_part(name: str, data: bytes) -> bytes:
     return head.encode() + data + b"\r\n"
 
 
-def field_part(name: str, value: int) -> bytes:
+def field_part(name: str, value: int | str) -> bytes:
     return f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
 
 
-def multipart_body(image: bytes, number: int) -> bytes:
+def multipart_body(image: bytes, number: int | str) -> bytes:
     """The body a browser form sends: the image file, then the number field."""
     return file_part("image", image) + field_part("number", number) + f"--{BOUNDARY}--\r\n".encode()
 
@@ -177,9 +178,7 @@ def write_bodies(bodies: list[bytes], out: Path, content_types: list[str] | None
     Content-Type: this module's multipart form, unless `content_types` gives one per body."""
     out.mkdir(parents=True, exist_ok=True)
     lines = []
-    for i, (body, content_type) in enumerate(
-        zip(bodies, content_types or [f"multipart/form-data; boundary={BOUNDARY}"] * len(bodies), strict=True)
-    ):
+    for i, (body, content_type) in enumerate(zip(bodies, content_types or [FORM] * len(bodies), strict=True)):
         (out / f"body_{i:04d}.bin").write_bytes(body)
         lines.append(f"body_{i:04d}.bin\t{content_type}")
     (out / "manifest.txt").write_text("\n".join(lines) + "\n")
@@ -291,7 +290,7 @@ def get_status(port: int, path: str) -> int:
 def post(port: int, body: bytes, path: str = "/predict") -> tuple[int, object]:
     """(status, the JSON answer, or its text where it is not JSON)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    connection.request("POST", path, body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    connection.request("POST", path, body, {"Content-Type": FORM})
     response = connection.getresponse()
     data = response.read()
     try:

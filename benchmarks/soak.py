@@ -36,36 +36,24 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serve import free_port, png_bytes, run_wrk, socket_errors, write_bodies  # noqa: E402
+from benchmarks.serve import FORM, free_port, multipart_body, png_bytes, run_wrk, socket_errors, write_bodies  # noqa: E402
 from training.data import load_sample  # noqa: E402
 
-BOUNDARY = "digitsumsoak5Hq2VbWmN8"
 GROWTH_TARGET_MB = 50.0
 # (kind, requests per 20, expected status)
 MIX = [("digit", 14, 200), ("garbage", 2, 415), ("bad number", 2, 422), ("blank", 1, 422), ("json", 1, 415)]
 
 
-def multipart(image: bytes, number: str) -> bytes:
-    return (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="d.png"\r\n'
-        f"Content-Type: image/png\r\n\r\n".encode()
-        + image
-        + f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="number"\r\n\r\n{number}\r\n'
-        f"--{BOUNDARY}--\r\n".encode()
-    )
-
-
 def body(kind: str, digit: np.ndarray, number: int, rng: np.random.Generator) -> tuple[bytes, str]:
     """One request of a MIX kind: (body, Content-Type)."""
-    form = f"multipart/form-data; boundary={BOUNDARY}"
     if kind == "digit":
-        return multipart(png_bytes(digit), str(number)), form
+        return multipart_body(png_bytes(digit), str(number)), FORM
     if kind == "garbage":
-        return multipart(rng.bytes(2048), "3"), form
+        return multipart_body(rng.bytes(2048), "3"), FORM
     if kind == "bad number":
-        return multipart(png_bytes(digit), str(rng.choice(["10", "-1", "3.5", "x"]))), form
+        return multipart_body(png_bytes(digit), str(rng.choice(["10", "-1", "3.5", "x"]))), FORM
     if kind == "blank":
-        return multipart(png_bytes(np.full((64, 64), 255, np.uint8)), "3"), form
+        return multipart_body(png_bytes(np.full((64, 64), 255, np.uint8)), "3"), FORM
     assert kind == "json", kind
     return json.dumps({"image": "x", "number": 3}).encode(), "application/json"
 
