@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -22,7 +23,16 @@ import torch
 
 from tests.support.digits import Sample
 from tests.support.fakes import ConstantDigit, write_checkpoint
-from tests.support.live_server import MAKE_RUN, LiveServer, alive, free_port, live_server, refused, until
+from tests.support.live_server import (
+    MAKE_RUN,
+    LiveServer,
+    alive,
+    free_port,
+    live_server,
+    read_cmdline,
+    refused,
+    until,
+)
 from tests.support.service import ROOT, SHIPPED_MODEL, png_bytes
 
 WORKERS = 2
@@ -76,6 +86,35 @@ def test_each_worker_listens_on_its_own_socket_so_connections_spread_and_sigterm
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # drained and reaped, none left behind
     assert not Path(*metrics_dirs).exists()
     assert server.log_text().count(" drained and stopped") == WORKERS
+
+
+def test_a_workers_decoder_processes_load_the_decoder_not_the_service(tmp_path: Path) -> None:
+    """Decoder processes fork from a small forkserver (app/decoder.py); multiprocessing would first import the
+    worker's __main__, app.serve, into each (uvicorn, FastAPI, pydantic), unless the worker says it need not."""
+    env = {"DIGITSUM_DECODE_PROCESSES": "2"}
+    with live_server(tmp_path / "serve.log", env, ["--workers", "1"], launcher=MAKE_RUN) as server:
+        wait_all_ready(server, workers=1)
+        (worker,) = server.worker_pids()
+        until(lambda: len(decoders(worker)) == 2)  # started in the background at startup
+        for decoder in decoders(worker):
+            maps = Path(f"/proc/{decoder}/maps").read_text()
+            assert "numpy" in maps and "PIL" in maps  # the decoder's own compiled modules are loaded...
+            assert "pydantic_core" not in maps and "httptools" not in maps  # ...and not the service's
+
+
+def decoders(worker: int) -> list[int]:
+    """The children of the worker's forkserver."""
+    forkservers = [pid for pid in children(worker) if b"multiprocessing.forkserver" in read_cmdline(pid)]
+    return [pid for forkserver in forkservers for pid in children(forkserver)]
+
+
+def children(pid: int) -> list[int]:
+    """Of every thread (a process started from a thread is that thread's child); a thread may end meanwhile."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 def environment(pid: int) -> dict[str, str]:
