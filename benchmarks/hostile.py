@@ -81,10 +81,14 @@ def descendants(pid: int) -> list[int]:
 
 
 def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """Of every thread of `pid`: a worker starts its forkserver from a thread, which makes it that thread's child."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:  # the process or thread has ended
+            pass
+    return found
 
 
 def cmdline(pid: int) -> bytes:
@@ -518,6 +522,19 @@ def hang_up_attack(port: int, seconds: float) -> tuple[Counter[str], list[str]]:
     return statuses, []
 
 
+def hang_ups_attack(port: int, seconds: float) -> tuple[Counter[str], list[str]]:
+    """4 clients at a time send a 280 x 280 picture of a real digit, which a decoder process decodes, and hang up
+    5 ms later, again and again: each decode cancelled replaces its decoder process, so this is what that costs."""
+    from tests.support.digits import load_sample
+
+    photo = upload(hi.encode(hi.paper(load_sample().test.images[0], 280), "PNG"), "digit.png")
+
+    def once(left: float) -> tuple[Counter[str], list[str]]:
+        return answers(port, [photo] * 4, timeout_s=left, hang_up_after_s=0.005), []
+
+    return repeated(once)(port, seconds)
+
+
 def attacks(seconds: float, idle: int) -> list[Attack]:
     big = 128 * MB
     return [
@@ -544,6 +561,8 @@ def attacks(seconds: float, idle: int) -> list[Attack]:
                       lambda: hi.png16_bomb(40_000_000, 1), "x.png", copies=16),
         Attack("queue", "60 uploads of 4.8 MB at once, behind 2 BMP bombs", queue_attack),
         Attack("hang-up", "4 clients send the BMP bomb and hang up after 0.2 s", hang_up_attack),
+        Attack("hang-ups", "4 clients at a time send a 280 x 280 PNG of a digit and hang up 5 ms later, "
+               "for the whole attack", hang_ups_attack),
         Attack("metrics-methods", "5,000 requests with made-up methods, then 4 scrapers of /metrics",
                lambda p, s: metrics_cardinality(p, 5000, s)),
     ]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -70,9 +71,7 @@ class LiveServer:
 
     def worker_pids(self) -> list[int]:
         """The launcher's worker processes (not multiprocessing's resource tracker)."""
-        pid = self.process.pid
-        children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        return [child for child in children if b"spawn_main" in read_cmdline(child)]
+        return [child for child in children(self.process.pid) if b"spawn_main" in read_cmdline(child)]
 
 
 def until(condition: Callable[[], object], timeout_s: float = 30) -> None:
@@ -88,6 +87,15 @@ def refused(port: int) -> bool:
         return False
     except ConnectionRefusedError:
         return True
+
+
+def children(pid: int) -> list[int]:
+    """Of every thread of `pid` (a process started from a thread is that thread's child); a thread may end meanwhile."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 def read_cmdline(pid: int) -> bytes:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import json
@@ -27,6 +26,7 @@ from tests.support.live_server import (
     MAKE_RUN,
     LiveServer,
     alive,
+    children,
     free_port,
     live_server,
     read_cmdline,
@@ -106,15 +106,6 @@ def decoders(worker: int) -> list[int]:
     """The children of the worker's forkserver."""
     forkservers = [pid for pid in children(worker) if b"multiprocessing.forkserver" in read_cmdline(pid)]
     return [pid for forkserver in forkservers for pid in children(forkserver)]
-
-
-def children(pid: int) -> list[int]:
-    """Of every thread (a process started from a thread is that thread's child); a thread may end meanwhile."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            found += [int(child) for child in (task / "children").read_text().split()]
-    return found
 
 
 def environment(pid: int) -> dict[str, str]:
