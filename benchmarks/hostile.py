@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support import hostile_inputs as hi  # noqa: E402
 from tests.support import raw_http  # noqa: E402
+from tests.support.live_server import children  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SETTLE_S = 5.0  # RSS and CPU are read this long after an attack ends
@@ -78,17 +79,6 @@ class Server:
 
 def descendants(pid: int) -> list[int]:
     return [d for child in children(pid) for d in (child, *descendants(child))]
-
-
-def children(pid: int) -> list[int]:
-    """Of every thread of `pid`: a worker starts its forkserver from a thread, which makes it that thread's child."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:  # the process or thread has ended
-            pass
-    return found
 
 
 def cmdline(pid: int) -> bytes:
