@@ -17,7 +17,7 @@ can be neither stopped nor made to give its memory back. Each job in a decoder p
 
 A killed or exited process is replaced in the background, forked from a small server process that has
 imported numpy, Pillow and this module once (multiprocessing's forkserver): about 10 ms of CPU, where a fresh
-interpreter costs over 100 ms, which a client sending bombs would otherwise make us pay each time (and 400 ms
+interpreter costs over 100 ms, which a client sending bombs would otherwise make us pay each time (and about 0.4 s
 if multiprocessing also imported the worker's __main__ into each: app/serve.py's children_skip_main).
 Waiting for a decoder counts against the same queue bound (503 + Retry-After) and deadline (504) as waiting
 for the model.

@@ -190,7 +190,7 @@ def children_skip_main() -> None:
     """Let this worker's child processes (app/decoder.py's decoders) start without importing this module.
 
     multiprocessing prepares every forkserver or spawn child by importing the parent's __main__ into it first (for
-    functions defined there); in a worker that is this module, so uvicorn, FastAPI and pydantic: 0.35 s of CPU on
+    functions defined there); in a worker that is this module, so uvicorn, FastAPI and pydantic: about 0.4 s of CPU on
     top of the decoder's own ~10 ms fork, paid again whenever a decoder is replaced (a client hung up during its
     decode, a bomb hit a limit), with the worker one decoder short meanwhile. The decoders run app.decoder alone.
     """

@@ -98,9 +98,9 @@ def wait_ready(port: int, host: str = "127.0.0.1", timeout_s: float = 120) -> No
         time.sleep(0.3)
 
 
-def measure(url: str, body_dir: Path, count: int, seconds: int) -> dict[str, float]:
-    run_wrk(url, body_dir, count, CONNECTIONS, 3)  # warm-up: every worker has answered
-    result = run_wrk(url, body_dir, count, CONNECTIONS, seconds)
+def measure(url: str, body_dir: Path, seconds: int) -> dict[str, float]:
+    run_wrk(url, body_dir, None, CONNECTIONS, 3)  # warm-up: every worker has answered
+    result = run_wrk(url, body_dir, None, CONNECTIONS, seconds)
     wall = int(result["duration_us"]) / 1e6  # type: ignore[call-overload]
     return {"rps": int(result["requests"]) / wall, "p50_ms": int(result["p50_us"]) / 1e3,  # type: ignore[call-overload]
             "p99_ms": int(result["p99_us"]) / 1e3, "errors": errors_of(result)}  # type: ignore[call-overload]  # fmt: skip
@@ -134,7 +134,7 @@ def start_make_run(log: Path) -> tuple[subprocess.Popen[bytes], int]:
     return process, port
 
 
-def speed(image: str, body_dir: Path, count: int, seconds: int, rounds: int) -> tuple[list, list, dict, str]:
+def speed(image: str, body_dir: Path, seconds: int, rounds: int) -> tuple[list, list, dict, str]:
     """make run and the container at its bridge address, alternated `rounds` times (the machine's other load moves
     between measurements); then, make run stopped, the container once through its published port."""
     hosts, bridges = [], []
@@ -143,11 +143,11 @@ def speed(image: str, body_dir: Path, count: int, seconds: int, rounds: int) -> 
         process, host_port = start_make_run(body_dir / "make-run.log")
         try:
             for _ in range(rounds):
-                hosts.append(measure(f"http://127.0.0.1:{host_port}/predict", body_dir, count, seconds))
-                bridges.append(measure(f"http://{address}:8000/predict", body_dir, count, seconds))
+                hosts.append(measure(f"http://127.0.0.1:{host_port}/predict", body_dir, seconds))
+                bridges.append(measure(f"http://{address}:8000/predict", body_dir, seconds))
         finally:
             stop(process)
-        published = measure(f"http://127.0.0.1:{port}/predict", body_dir, count, seconds)
+        published = measure(f"http://127.0.0.1:{port}/predict", body_dir, seconds)
         return hosts, bridges, published, workers_of(cid)
     finally:
         sh("docker", "rm", "-f", cid)
@@ -170,12 +170,11 @@ def main() -> None:
     image = os.environ.get("DIGITSUM_IMAGE", "digitsum:latest")
     split = load_sample().test
     body_dir = Path(tempfile.mkdtemp(prefix="digitsum-container-"))
-    count = len(bodies := digit_bodies(split.images.numpy()))
-    write_bodies(bodies, body_dir)
+    write_bodies(digit_bodies(split.images.numpy()), body_dir)
     load_before = os.getloadavg()[0]
     total, layers, packages = image_size(image)
     built = None if args.no_build_time else build_seconds(os.environ.get("DIGITSUM_BUILD_ARGS", ""))
-    hosts, bridges, published, workers = speed(image, body_dir, count, args.seconds, args.rounds)
+    hosts, bridges, published, workers = speed(image, body_dir, args.seconds, args.rounds)
     host = {key: float(np.median([point[key] for point in hosts])) for key in hosts[0]}
     bridge_ratio = float(np.median([point["rps"] for point in bridges])) / host["rps"]
     lines = [

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import http.client
 import json
 import multiprocessing
@@ -428,17 +429,12 @@ def metrics_cardinality(port: int, methods: int, seconds: float) -> tuple[Counte
     return statuses + scrapes, notes
 
 
-_DIGIT_PNG: list[bytes] = []
+@functools.cache
+def digit_png(side: int = 112) -> bytes:
+    """A real handwritten 3 (the first test digit), side x side on paper."""
+    from tests.support.digits import load_sample
 
-
-def digit_png() -> bytes:
-    """A real handwritten 3 (the first test digit), 112 x 112 on paper."""
-    if not _DIGIT_PNG:
-        from tests.support.digits import load_sample
-
-        sample = load_sample()
-        _DIGIT_PNG.append(hi.encode(hi.paper(sample.test.images[0]), "PNG"))
-    return _DIGIT_PNG[0]
+    return hi.encode(hi.paper(load_sample().test.images[0], side), "PNG")
 
 
 def multipart_args(png: bytes) -> tuple[bytes, dict[str, str]]:
@@ -515,9 +511,7 @@ def hang_up_attack(port: int, seconds: float) -> tuple[Counter[str], list[str]]:
 def hang_ups_attack(port: int, seconds: float) -> tuple[Counter[str], list[str]]:
     """4 clients at a time send a 280 x 280 picture of a real digit, which a decoder process decodes, and hang up
     5 ms later, again and again: each decode cancelled replaces its decoder process, so this is what that costs."""
-    from tests.support.digits import load_sample
-
-    photo = upload(hi.encode(hi.paper(load_sample().test.images[0], 280), "PNG"), "digit.png")
+    photo = upload(digit_png(280), "digit.png")
 
     def once(left: float) -> tuple[Counter[str], list[str]]:
         return answers(port, [photo] * 4, timeout_s=left, hang_up_after_s=0.005), []
