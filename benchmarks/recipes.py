@@ -10,8 +10,11 @@ it), which draws as the page does (tests/system/test_browser.py checks it): thou
 browser set has hundreds. Drawn: the dev half of data/drawn/digits (benchmarks/drawn_set.py: the strokes of
 the last 10 training images of each digit replayed on the page; benchmarks/accuracy.py reports the other half).
 The shipped recipe is the one with the best mean of the three; the test split is read only afterwards.
-Coarse scans (outside the mean): each held-out image averaged down to 10x10 cells at 17 grey levels, enlarged to
-a 64x64 scan and preprocessed as an upload is: a small scan or thumbnail, of training-split digits.
+Non-digits (outside the mean): 500 drawings of training/nondigits.py's kinds (seed 999; training's use
+--seed), whose "two digits" are held-out images, answered without the service's low-confidence flag: confident
+answers for something that is no digit. Coarse scans (outside the mean): each held-out image averaged down to
+10x10 cells at 17 grey levels, enlarged to a 64x64 scan and preprocessed as an upload is: a small scan or
+thumbnail, of training-split digits.
 """
 
 from __future__ import annotations
@@ -28,10 +31,19 @@ from app.model import DeviceChoice, Model
 from app.preprocess import to_mnist
 from benchmarks.accuracy import drawings, drawn_halves
 from benchmarks.drawn_set import HELD_OUT_PER_DIGIT, held_out_digits
+from training.nondigits import nondigit_drawings
 from training.page import drawn_versions
 
 RESULTS = Path(__file__).parent / "results" / "recipes.md"
 PAGE_DRAWINGS, PAGE_SEED = 8, 999  # training's drawings use seeds from --seed (0 by default): never this one
+NONDIGITS = 500
+
+
+def confident_share(model: Model, pixels: np.ndarray) -> float:
+    """Share of images answered without the service's low-confidence flag (the card's threshold, heads agreeing)."""
+    answers = model.predict(pixels, [0] * len(pixels))
+    threshold = model.low_confidence_threshold
+    return float(np.mean([a.digit_probabilities[a.digit] >= threshold and a.heads_agree for a in answers]))
 
 
 def accuracy(model: Model, pixels: np.ndarray, labels: np.ndarray) -> float:
@@ -47,7 +59,9 @@ def coarse_scan(image: np.ndarray, cells: int = 10, levels: int = 17, side: int 
     return to_mnist(Image.fromarray(quantised.astype(np.uint8)).resize((side, side), Image.Resampling.BILINEAR))
 
 
-RECIPE_FLAGS = ("drawn_share", "epochs", "width", "holdout_per_digit", "elastic_px", "lowres_share", "seed")
+RECIPE_FLAGS = (
+    "drawn_share", "nondigit_share", "epochs", "width", "holdout_per_digit", "elastic_px", "lowres_share", "seed",
+)  # fmt: skip
 
 
 def main(paths: list[Path], out: Path = RESULTS) -> None:
@@ -60,8 +74,8 @@ def main(paths: list[Path], out: Path = RESULTS) -> None:
         f"drawn (dev half): {len(drawn_labels)} drawings. Test-split figures are in each card, read after choosing.",
         "",
         "| checkpoint | recipe | held-out acc | page-drawn acc | drawn acc | mean of the three | coarse scans "
-        "| train s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| non-digits answered confidently | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for path in paths:
         model = Model(path, DeviceChoice(torch.device("cpu"), "recipes"))
@@ -74,11 +88,13 @@ def main(paths: list[Path], out: Path = RESULTS) -> None:
         on_page = accuracy(model, page_drawn.astype(np.float32) / 255, np.tile(labels, PAGE_DRAWINGS))
         on_drawn = accuracy(model, drawn, drawn_labels)
         coarse = accuracy(model, np.stack([coarse_scan(image) for image in images]), labels)
+        others = nondigit_drawings(NONDIGITS, images, seed=PAGE_SEED).astype(np.float32) / 255
         seen = "" if per_digit >= HELD_OUT_PER_DIGIT else " (trained on them)"  # their sources trained it
         lines.append(
             f"| {path} | {json.dumps(flags)} | {100 * held:.2f}%{seen} of {len(labels)} "
             f"| {100 * on_page:.2f}%{seen} | {100 * on_drawn:.2f}%{seen} "
             f"| {100 * (held + on_page + on_drawn) / 3:.2f}% | {100 * coarse:.2f}% "
+            f"| {100 * confident_share(model, others):.2f}% "
             f"| {model.metadata['training']['seconds']} |"
         )
     out.write_text("\n".join(lines) + "\n")

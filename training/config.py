@@ -57,6 +57,12 @@ class TrainConfig:
         "share of each batch replaced by the same digits drawn as the draw page draws them (training/page.py); "
         "0.5 measured best of 0, 0.3 and 0.5 on training-split data (benchmarks/results/recipes.md)",
     )
+    nondigit_share: float = knob(
+        0.0,
+        "non-digits drawn on the page (training/nondigits.py) added to each batch, as a share of its digits, with a "
+        "flat target: the network learns doubt for letters and doodles; 0: off, because 0.05 and 0.125 cost 4-7% "
+        "on digits drawn in the browser (benchmarks/results/recipes_nondigits.md)",
+    )
     holdout_per_digit: int = knob(
         10,
         "training images per digit kept out of training to calibrate on (0: no calibration); the drawn "

@@ -26,6 +26,7 @@ from training.data import PairedDigits
 from training.export import Provenance, export_torchscript, model_card
 from training.measure import evaluate, measure
 from training.model import DigitSumNet
+from training.nondigits import nondigit_drawings
 from training.page import drawn_versions
 from training.plots import plot_confusion, plot_curves
 
@@ -35,6 +36,8 @@ DRY_RUN_IMAGES = 512  # --dry-run trains and evaluates on this many images
 DRY_RUN_HOLDOUT_PER_DIGIT = 5
 DRAWN_VERSIONS = 3  # page drawings made of each training image before training (training/page.py)
 CURVE_EVERY = 5  # epochs between the learning curves' test points (a forward pass over the test split)
+NONDIGITS = 4_000  # non-digit drawings made before training, sampled into every batch (--nondigit-share)
+NONDIGIT_WEIGHT = 0.5  # their loss against the digit loss: outlier exposure's usual weight (Hendrycks et al.)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -51,11 +54,15 @@ def losses(
     sums: torch.Tensor,
     label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Both heads' cross-entropies and log-probabilities."""
+    """Both heads' cross-entropies and log-probabilities. Images past the first len(digits) are non-digits: their
+    digit loss (weighted in) is the cross-entropy to a flat distribution, and the sum head has nothing to learn."""
     digit_lp, sum_lp = model(images, numbers)
+    n = len(digits)
     # cross_entropy re-applies log_softmax, a no-op on log-probabilities
-    digit_loss = F.cross_entropy(digit_lp.float(), digits, label_smoothing=label_smoothing)
-    return digit_loss, F.nll_loss(sum_lp, sums), digit_lp, sum_lp
+    digit_loss = F.cross_entropy(digit_lp[:n].float(), digits, label_smoothing=label_smoothing)
+    if len(images) > n:
+        digit_loss = digit_loss - NONDIGIT_WEIGHT * digit_lp[n:].float().mean()
+    return digit_loss, F.nll_loss(sum_lp[:n], sums), digit_lp[:n], sum_lp[:n]
 
 
 @dataclass
@@ -75,6 +82,7 @@ def train_epoch(
     config: TrainConfig,
     epoch: int,
     drawings: torch.Tensor | None = None,
+    nondigits: torch.Tensor | None = None,
 ) -> dict[str, float]:
     model, device, generator = state.model, state.device, state.generator
     optimizer, scheduler = state.optimizer, state.scheduler
@@ -88,6 +96,8 @@ def train_epoch(
         images, numbers, digits, sums = pairs.take(index, device)
         if drawings is not None:
             images = redraw_some(images, index, drawings, config.drawn_share, generator)
+        if nondigits is not None:
+            images, numbers = with_nondigits(images, numbers, nondigits, config.nondigit_share, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             seen = augment(images, generator, elastic, config.lowres_share)
             digit_loss, sum_loss, digit_lp, sum_lp = losses(model, seen, numbers, digits, sums, config.label_smoothing)
@@ -122,6 +132,17 @@ def redraw_some(
     return torch.where(chosen.to(images.device).view(-1, 1, 1, 1), redrawn, images)
 
 
+def with_nondigits(
+    images: torch.Tensor, numbers: torch.Tensor, nondigits: torch.Tensor, share: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch with `share` x its size of random non-digits (uint8 (N, 28, 28)) after it, each with a number."""
+    count = max(1, round(share * len(images)))
+    picked = nondigits[torch.randint(0, len(nondigits), (count,), generator=generator)]
+    extra = picked.to(images.device).unsqueeze(1).float().div_(255)
+    extra_numbers = torch.randint(0, 10, (count,), generator=generator).to(numbers.device)
+    return torch.cat([images, extra]), torch.cat([numbers, extra_numbers])
+
+
 def confusion_matrix(true: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
     return torch.bincount(true * 10 + pred, minlength=100).view(10, 10).numpy()
 
@@ -149,13 +170,17 @@ def fit(
     drawings = None
     if config.drawn_share > 0:
         drawings = torch.from_numpy(drawn_versions(data.train.images.numpy(), DRAWN_VERSIONS, config.seed))
+    nondigits = None
+    if config.nondigit_share > 0:
+        count = DRY_RUN_IMAGES if config.dry_run else NONDIGITS
+        nondigits = torch.from_numpy(nondigit_drawings(count, data.train.images.numpy(), config.seed))
     curve_pairs = PairedDigits(data.test, seed=config.seed + 1)  # one integer per test image, for the curves
     optimizer, scheduler = make_optimizer(model, config, config.epochs * -(-len(train_pairs) // config.batch_size))
     state = TrainState(model, optimizer, scheduler, torch.Generator().manual_seed(config.seed), device)
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        stats = train_epoch(state, train_pairs, config, epoch, drawings)
+        stats = train_epoch(state, train_pairs, config, epoch, drawings, nondigits)
         if epoch % CURVE_EVERY == 0 or epoch in (1, config.epochs):  # the weights do not depend on it
             curve = evaluate(model, curve_pairs, device)
             stats.update({k: v for k, v in curve.items() if k not in ("digit_pred", "confidence")})

@@ -339,3 +339,16 @@ def test_the_test_curve_is_measured_every_few_epochs_and_the_weights_do_not_depe
     assert [h["train_digit_loss"] for h in histories[0]] == [h["train_digit_loss"] for h in histories[1]]
     assert ["test_digit_acc" in h for h in histories[0]] == [True] * 4
     assert ["test_digit_acc" in h for h in histories[1]] == [True, False, False, True]  # the first and the last
+
+
+def test_a_dry_run_trains_with_non_digits_and_records_the_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn, batches = [], []
+    real_drawings, real_batch = train_module.nondigit_drawings, train_module.with_nondigits
+    monkeypatch.setattr(train_module, "nondigit_drawings", lambda *a, **k: drawn.append(a[0]) or real_drawings(*a, **k))
+    monkeypatch.setattr(train_module, "with_nondigits", lambda *a, **k: batches.append(a[3]) or real_batch(*a, **k))
+    card = dry_run(tmp_path / "m.pt", "--dataset", "sample", "--nondigit-share", "0.125")
+    assert card["training"]["config"]["nondigit_share"] == 0.125  # type: ignore[index]
+    assert drawn == [train_module.DRY_RUN_IMAGES]  # one pool, made before training
+    assert batches and set(batches) == {0.125}  # every batch gets its share
