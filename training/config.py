@@ -60,8 +60,8 @@ class TrainConfig:
     nondigit_share: float = knob(
         0.0,
         "non-digits drawn on the page (training/nondigits.py) added to each batch, as a share of its digits, with a "
-        "flat target: the network learns doubt for letters and doodles; 0: off, because 0.05 and 0.125 cost 4-7% "
-        "on digits drawn in the browser (benchmarks/results/recipes_nondigits.md)",
+        "flat target: the network learns doubt for letters and doodles; 0: off, because 0.125 cost 2-6% "
+        "on the drawn dev half over two seeds (benchmarks/results/recipes_nondigits.md)",
     )
     holdout_per_digit: int = knob(
         10,

@@ -3,7 +3,7 @@
 Someone trying the page draws a letter, a smiley or a doodle, and a network trained on digits alone answers it
 with a confident digit. With `--nondigit-share`, training shows it such drawings with a flat target (outlier
 exposure, Hendrycks et al., 2019: training/train.py), so its confidence on them drops below the service's
-low-confidence threshold. It is off by default: it also cost accuracy on digits drawn in the browser
+low-confidence threshold. It is off by default: it also tipped a few borderline drawn digits into wrong answers
 (benchmarks/results/recipes_nondigits.md).
 
 The drawings come from random geometry and from the training split's own pen paths, never from an evaluation
@@ -45,16 +45,14 @@ def scattered(rng: np.random.Generator) -> list[np.ndarray]:
 
 
 def two_digits(rng: np.random.Generator, digits: np.ndarray) -> list[np.ndarray]:
-    """The pen paths of two training digits side by side or stacked, apart, in one box (on top of each other, a 1
-    over a 7 is a 7)."""
+    """The pen paths of two training digits side by side, apart, in one box (a "12"). Not stacked or overlapping:
+    a 0 over a 0 is an 8, a 0 over a 1 a 9, a 1 across a 7 a 7."""
     first, second = (
         [np.array(s) for s in digit_strokes(digits[int(i)], rng, sizes=(0.5, 0.5))]
         for i in rng.integers(len(digits), size=2)
     )
-    axis = int(rng.integers(2))  # 0: side by side, 1: stacked
-    shift = np.zeros(2)
-    shift[axis] = np.concatenate(first)[:, axis].max() - np.concatenate(second)[:, axis].min() + rng.uniform(0.03, 0.15)
-    return first + [path + shift for path in second]
+    gap = np.concatenate(first)[:, 0].max() - np.concatenate(second)[:, 0].min() + rng.uniform(0.03, 0.15)
+    return first + [path + (gap, 0.0) for path in second]
 
 
 def nondigit_strokes(rng: np.random.Generator, digits: np.ndarray) -> list[Stroke]:
