@@ -13,14 +13,11 @@ benchmarks/drawn_set.py draws the letters, shapes and scribbles that the evaluat
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ProcessPoolExecutor
-
 import numpy as np
 
 from app.preprocess import to_mnist
 from app.upload import NoDigitFound
-from training.page import SIZES, render
+from training.page import SIZES, in_processes, render
 from training.strokes import Stroke, digit_strokes
 
 KINDS = ("wander", "zigzag", "scattered", "two digits")
@@ -85,9 +82,6 @@ def nondigit_drawings(count: int, digits: np.ndarray, seed: int, processes: int 
     """(count, 28, 28) uint8: non-digits drawn on the page and preprocessed as its upload is; drawing i uses the
     seed (seed, i) alone, so the result does not depend on `processes`. `digits`: training images (N, 28, 28)."""
     seeds = [seed * 1_000_003 + 500_000_000 + i for i in range(count)]  # apart from training/page.py's seeds
-    chunks = [(digits, seeds[i : i + 250]) for i in range(0, count, 250)]
-    processes = processes or min(len(os.sched_getaffinity(0)), 8)
-    if processes == 1 or len(chunks) == 1:
-        return np.concatenate([_drawn_many(chunk) for chunk in chunks])
-    with ProcessPoolExecutor(processes) as pool:
-        return np.concatenate(list(pool.map(_drawn_many, chunks)))
+    return np.concatenate(
+        in_processes(_drawn_many, [(digits, seeds[i : i + 250]) for i in range(0, count, 250)], processes)
+    )

@@ -12,7 +12,9 @@ through the real page in Chromium, for evaluation.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -20,6 +22,9 @@ from PIL import Image, ImageDraw
 from app.preprocess import to_mnist
 from app.upload import NoDigitFound
 from training.strokes import Stroke, digit_strokes
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 CANVAS = 140  # px; the page's is 560: a quarter the size is the same drawing once it is fitted into 20x20
 SUPERSAMPLE = 2  # drawn at 2x and averaged down: anti-aliased edges, as the browser's canvas has
@@ -65,10 +70,13 @@ def drawn_versions(images: np.ndarray, versions: int, seed: int, processes: int 
     n = len(images)
     seeds = [[(seed * 1_000 + k) * 1_000_003 + i for i in range(n)] for k in range(versions)]
     chunks = [(images[i : i + 250], s[i : i + 250]) for s in seeds for i in range(0, n, 250)]
+    return np.concatenate(in_processes(_drawn_many, chunks, processes)).reshape(versions, n, 28, 28)
+
+
+def in_processes(function: Callable[[T], R], chunks: list[T], processes: int | None = None) -> list[R]:
+    """[function(chunk) for chunk in chunks], in `processes` processes (None: one per CPU, at most 8)."""
     processes = processes or min(len(os.sched_getaffinity(0)), 8)
-    if processes == 1:
-        parts = [_drawn_many(chunk) for chunk in chunks]
-    else:
-        with ProcessPoolExecutor(processes) as pool:
-            parts = list(pool.map(_drawn_many, chunks))
-    return np.concatenate(parts).reshape(versions, n, 28, 28)
+    if processes == 1 or len(chunks) == 1:
+        return [function(chunk) for chunk in chunks]
+    with ProcessPoolExecutor(processes) as pool:
+        return list(pool.map(function, chunks))
