@@ -7,11 +7,13 @@ low-confidence threshold. It is off by default: it also tipped a few borderline 
 (benchmarks/results/recipes_nondigits.md).
 
 The drawings come from random geometry and from the training split's own pen paths, never from an evaluation
-set: a wandering line, a zigzag, scattered strokes, and two training digits in one box (a "12").
+set: a tangle, a zigzag, scattered strokes, and two training digits side by side (a "12").
 benchmarks/drawn_set.py draws the letters, shapes and scribbles that the evaluation uses with its own code.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -20,10 +22,10 @@ from app.upload import NoDigitFound
 from training.page import SIZES, in_processes, render
 from training.strokes import Stroke, digit_strokes
 
-KINDS = ("wander", "zigzag", "scattered", "two digits")
+Paths = list[np.ndarray]  # pen paths (k, 2) as (x, y), in any units: `fitted` places them on the canvas
 
 
-def wander(rng: np.random.Generator) -> list[np.ndarray]:
+def tangle(rng: np.random.Generator, digits: np.ndarray) -> Paths:
     """A tangle: a random walk whose heading turns a little at each step, long enough to cross itself again and
     again (a digit crosses itself at most twice, an 8's middle)."""
     steps = int(rng.integers(80, 160))
@@ -31,17 +33,17 @@ def wander(rng: np.random.Generator) -> list[np.ndarray]:
     return [np.cumsum(np.stack([np.cos(heading), np.sin(heading)], 1), 0)]
 
 
-def zigzag(rng: np.random.Generator) -> list[np.ndarray]:
+def zigzag(rng: np.random.Generator, digits: np.ndarray) -> Paths:
     """One stroke through 6 to 10 random corners (a digit has at most four: a 4)."""
     return [rng.uniform(0, 1, (int(rng.integers(6, 11)), 2))]
 
 
-def scattered(rng: np.random.Generator) -> list[np.ndarray]:
+def scattered(rng: np.random.Generator, digits: np.ndarray) -> Paths:
     """3 to 6 straight strokes at random places and angles."""
     return [rng.uniform(0, 1, (2, 2)) for _ in range(int(rng.integers(3, 7)))]
 
 
-def two_digits(rng: np.random.Generator, digits: np.ndarray) -> list[np.ndarray]:
+def two_digits(rng: np.random.Generator, digits: np.ndarray) -> Paths:
     """The pen paths of two training digits side by side, apart, in one box (a "12"). Not stacked or overlapping:
     a 0 over a 0 is an 8, a 0 over a 1 a 9, a 1 across a 7 a 7."""
     first, second = (
@@ -52,11 +54,19 @@ def two_digits(rng: np.random.Generator, digits: np.ndarray) -> list[np.ndarray]
     return first + [path + (gap, 0.0) for path in second]
 
 
+KINDS: dict[str, Callable[[np.random.Generator, np.ndarray], Paths]] = {
+    "tangle": tangle, "zigzag": zigzag, "scattered": scattered, "two digits": two_digits,
+}  # fmt: skip
+
+
 def nondigit_strokes(rng: np.random.Generator, digits: np.ndarray) -> list[Stroke]:
-    """One drawing of a random kind, fitted into a random box of the canvas, as the page's strokes."""
-    kind = KINDS[int(rng.integers(len(KINDS)))]
-    paths = two_digits(rng, digits) if kind == "two digits" else {"wander": wander, "zigzag": zigzag,
-                                                                   "scattered": scattered}[kind](rng)  # fmt: skip
+    """One drawing of a random kind (`digits`: training images (N, 28, 28), for "two digits"), on the canvas."""
+    kind = list(KINDS.values())[int(rng.integers(len(KINDS)))]
+    return fitted(kind(rng, digits), rng)
+
+
+def fitted(paths: Paths, rng: np.random.Generator) -> list[Stroke]:
+    """Paths stretched into a random box of the canvas, as the page's strokes."""
     points = np.concatenate(paths)
     low, extent = points.min(0), np.maximum(np.ptp(points, 0), 1e-6)
     size = rng.uniform(*SIZES) * np.array([rng.uniform(0.6, 1.0), 1.0])[rng.permutation(2)]  # (width, height)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from training.data import DigitData
 from training.model import DigitSumNet
-from training.nondigits import KINDS, nondigit_drawings, nondigit_strokes
+from training.nondigits import KINDS, fitted, nondigit_drawings, nondigit_strokes, two_digits
 from training.page import render
 from training.train import NONDIGIT_WEIGHT, losses, with_nondigits
 
@@ -40,12 +40,26 @@ def test_drawings_are_fitted_like_an_upload(digits: np.ndarray) -> None:
 
 def test_every_kind_is_drawn_on_the_canvas(digits: np.ndarray) -> None:
     rng = np.random.default_rng(0)
-    for _ in range(200):
-        strokes = nondigit_strokes(rng, digits)
-        points = np.concatenate([np.array(stroke) for stroke in strokes])
-        assert points.min() >= 0.06 - 1e-6 and points.max() <= 0.94 + 1e-6
-        assert (np.asarray(render(strokes)) < 128).any()
-    assert len(KINDS) == 4
+    for name, kind in KINDS.items():
+        for _ in range(50):
+            strokes = fitted(kind(rng, digits), rng)
+            points = np.concatenate([np.array(stroke) for stroke in strokes])
+            assert points.min() >= 0.06 - 1e-6 and points.max() <= 0.94 + 1e-6, name
+            assert (np.asarray(render(strokes)) < 128).any(), name
+    assert len(nondigit_strokes(rng, digits)) >= 1
+
+
+def test_two_digits_stand_apart_side_by_side(digits: np.ndarray) -> None:
+    """Never on top of each other: a 1 across a 7 is a 7, a 0 over a 0 an 8."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        paths = two_digits(rng, digits)
+        left_of_the_rest = [
+            k
+            for k in range(1, len(paths))
+            if np.concatenate(paths[:k])[:, 0].max() < np.concatenate(paths[k:])[:, 0].min()
+        ]
+        assert left_of_the_rest  # the first digit's paths all end before the second's begin
 
 
 def test_a_batch_gets_its_share_of_non_digits_after_its_digits() -> None:
