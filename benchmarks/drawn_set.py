@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from playwright.sync_api import Page, sync_playwright
@@ -36,6 +37,22 @@ def held_out_digits(per_digit: int = HELD_OUT_PER_DIGIT) -> tuple[np.ndarray, np
     train = load_sample().train
     index = np.concatenate([np.flatnonzero(train.labels == d)[-per_digit:] for d in range(10)])
     return train.images[index], train.labels[index]
+
+
+@dataclass(frozen=True)
+class DigitJob:
+    source: int  # which of held_out_digits() is drawn
+    label: int
+    strokes: list[Stroke]
+
+
+def digit_jobs(count: int, rng: np.random.Generator) -> list[DigitJob]:
+    """The set's digit drawings, in file order: drawing i is source order[i % 100] at a random size and place.
+    Even file numbers (the dev half) and odd ones (the report half) draw different sources."""
+    images, labels = held_out_digits()
+    order = rng.permutation(len(labels))
+    sources = [int(order[i % len(labels)]) for i in range(count)]
+    return [DigitJob(k, int(labels[k]), digit_strokes(images[k], rng)) for k in sources]
 
 
 def letter_strokes(rng: np.random.Generator) -> tuple[str, list[Stroke]]:
@@ -122,12 +139,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    images, labels = held_out_digits()
-    jobs: list[tuple[str, str, list[Stroke]]] = []
-    order = rng.permutation(len(labels))
-    for i in range(args.digits):
-        k = int(order[i % len(labels)])
-        jobs.append(("digits", str(labels[k]), digit_strokes(images[k], rng)))
+    jobs: list[tuple[str, str, list[Stroke]]] = [
+        ("digits", str(job.label), job.strokes) for job in digit_jobs(args.digits, rng)
+    ]
     jobs += [("other", *letter_strokes(rng)) for _ in range(args.others)]
     for kind in ("digits", "other"):
         (OUT / kind).mkdir(parents=True, exist_ok=True)
