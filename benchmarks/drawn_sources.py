@@ -11,7 +11,6 @@ errors to the digits, not to the browser. It needs the drawn set on disk, made w
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from app.model import DeviceChoice, Model
 from app.preprocess import to_mnist
 from benchmarks.accuracy import drawings, files
 from benchmarks.drawn_set import digit_jobs
+from benchmarks.recipes import checkpoints_cli, write_table
 from training.page import render
 
 RESULTS = Path(__file__).parent / "results" / "drawn_sources.md"
@@ -62,13 +62,8 @@ def main(paths: list[Path], out: Path = RESULTS) -> None:
             f"| {path} | {100 * (1 - wrong.mean()):.2f}% | {100 * np.mean(read['page'] == labels[dev]):.2f}% "
             f"| {len(by_source)} of {len(set(sources[dev]))} | {', '.join(by_source) or 'none'} |"
         )
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_table(lines, out)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.drawn_sources", description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints, each with its card")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="the Markdown table to write")
-    args = parser.parse_args()
-    main(args.checkpoints, args.out)
+    checkpoints_cli(main, "python -m benchmarks.drawn_sources", __doc__, RESULTS)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -97,13 +98,22 @@ def main(paths: list[Path], out: Path = RESULTS) -> None:
             f"| {100 * confident_share(model, others):.2f}% "
             f"| {model.metadata['training']['seconds']} |"
         )
+    write_table(lines, out)
+
+
+def write_table(lines: list[str], out: Path) -> None:
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.recipes", description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path, help="one checkpoint per recipe, each with its card")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="the Markdown table to write")
+def checkpoints_cli(main: Callable[[list[Path], Path], None], prog: str, doc: str, results: Path) -> None:
+    """`prog CHECKPOINTS... [--out FILE]`: one row of a Markdown table per checkpoint, written to FILE."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints, each with its card")
+    parser.add_argument("--out", type=Path, default=results, help="the Markdown table to write")
     args = parser.parse_args()
     main(args.checkpoints, args.out)
+
+
+if __name__ == "__main__":
+    checkpoints_cli(main, "python -m benchmarks.recipes", __doc__, RESULTS)
