@@ -62,11 +62,16 @@ def answers(model: Model, pixels: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def flagged(a: dict[str, np.ndarray], threshold: float) -> np.ndarray:
+    """The service's low_confidence for each of `answers`: a digit under the threshold, or heads that disagree."""
+    return (a["confidence"] < threshold) | ~a["agree"]
+
+
 def score(model: Model, pixels: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, object]:
     a = answers(model, pixels)
     truth = np.repeat(labels, 10)
     correct = a["digit"] == truth
-    low = (a["confidence"] < threshold) | ~a["agree"]
+    low = flagged(a, threshold)
     temperature = float(model.metadata.get("calibration", {}).get("digit_temperature", 1.0))
     raw = torch.softmax(torch.log(torch.from_numpy(a["probs"]).clamp(min=1e-30)) * temperature, 1).numpy()
     raw_conf = raw[np.arange(len(raw)), a["digit"]]
@@ -135,7 +140,7 @@ def non_digits(model: Model, threshold: float) -> dict[str, object]:
     paths = files("other")
     pixels, refused = decoded([p.read_bytes() for p in paths])
     a = answers(model, pixels)
-    confident = ((a["confidence"] >= threshold) & a["agree"])[::10]
+    confident = ~flagged(a, threshold)[::10]
     kinds = np.array([p.stem.split("-", 1)[1] for p in paths])[~refused]
     return {
         "drawings": len(paths),
