@@ -63,6 +63,14 @@ class TrainConfig:
         "flat target: the network learns doubt for letters and doodles; 0: off, because 0.125 cost 2-6% "
         "on the drawn dev half over two seeds (benchmarks/results/recipes_nondigits.md)",
     )
+    detector_epochs: int = knob(
+        10,
+        "passes of the non-digit detector (training/detector.py) over the training set, after the digit network; "
+        "0: no detector. About 15 s on 2 cores",
+    )
+    detector_width: int = knob(
+        8, "channels of the detector's first conv block; 8 costs a tenth of the digit network's forward pass"
+    )
     holdout_per_digit: int = knob(
         10,
         "training images per digit kept out of training to calibrate on (0: no calibration); the drawn "

@@ -23,6 +23,7 @@ from training.model import MNIST_MEAN, MNIST_STD, DigitSumNet
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"  # extra file inside the TorchScript archive
+DETECTOR_METHOD = "answer(images, numbers) -> (digit_log_probs, sum_log_probs, nondigit_probability (N,))"
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,12 @@ class Provenance:
 
 
 def model_card(
-    config: TrainConfig, data: DigitData, architecture: dict[str, Any], measured: Measurements, run: Provenance
+    config: TrainConfig,
+    data: DigitData,
+    architecture: dict[str, Any],
+    measured: Measurements,
+    run: Provenance,
+    detector: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint's metadata: what the network is, what it was trained on, how well it does, how it was made."""
     return {
@@ -82,6 +88,7 @@ def model_card(
         "created_at": run.created_at,
         "git_commit": run.git_commit,
         **({} if measured.calibration is None else {"calibration": measured.calibration}),
+        **({} if detector is None else {"detector": {"method": DETECTOR_METHOD, **detector}}),
     }
 
 

@@ -10,6 +10,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # pixel statistics of the MNIST training set, in [0, 1]
 NUM_DIGITS, NUM_SUMS = 10, 19  # digits 0-9; sums 0-18
+DETECTOR_SEED = 20_251_203  # the non-digit detector's initial weights: apart from the digit network's seed
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -17,11 +18,12 @@ def conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class DigitCNN(nn.Module):
-    """(B, 1, 28, 28) normalised -> (B, 10) logits. Five 3x3 conv blocks, global average pool."""
+    """(B, 1, 28, 28) normalised -> (B, outputs) logits. Five 3x3 conv blocks, global average pool."""
 
-    def __init__(self, width: int = 24) -> None:
+    def __init__(self, width: int = 24, outputs: int = NUM_DIGITS) -> None:
         super().__init__()
-        self.width = w = width
+        self.width, self.outputs = width, outputs
+        w = width
         self.features = nn.Sequential(
             conv_block(1, w),
             conv_block(w, w),
@@ -33,14 +35,15 @@ class DigitCNN(nn.Module):
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),  # -> (B, 4w)
         )
-        self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(4 * w, NUM_DIGITS))
+        self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(4 * w, outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
     def describe(self) -> str:
         convs = sum(isinstance(m, nn.Conv2d) for m in self.modules())
-        return f"{convs}x conv3x3 CNN, width {self.width}"
+        outputs = "" if self.outputs == NUM_DIGITS else f", {self.outputs} output"
+        return f"{convs}x conv3x3 CNN, width {self.width}{outputs}"
 
     def fold_batchnorm(self) -> None:
         """Fold each eval-mode BatchNorm into the conv before it, in place: same outputs, less work."""
@@ -76,22 +79,30 @@ class SumHead(nn.Module):
 
 
 class DigitSumNet(nn.Module):
-    """forward(images (B,1,28,28) in [0,1], numbers (B,) int64) -> (digit log-probs (B,10), sum log-probs (B,19))."""
+    """forward(images (B,1,28,28) in [0,1], numbers (B,) int64) -> (digit log-probs (B,10), sum log-probs (B,19)).
+
+    `answer` adds P(no digit) (B,) from the non-digit detector: a separate small CNN trained after the digit
+    network (training/detector.py) to tell digits from letters, shapes and scribbles. It shares no weight with
+    the digit network, so it can flag an answer but never change one.
+    """
 
     mean: torch.Tensor  # buffers: travel with the module, so the service never normalises by itself
     std: torch.Tensor
     digit_temperature: torch.Tensor  # 1 while training; fitted on held-out training images afterwards
     sum_temperature: torch.Tensor
 
-    def __init__(self, width: int = 24) -> None:
+    def __init__(self, width: int = 24, detector_width: int = 8) -> None:
         super().__init__()
-        self.width = width
+        self.width, self.detector_width = width, detector_width
         self.register_buffer("mean", torch.tensor(MNIST_MEAN))
         self.register_buffer("std", torch.tensor(MNIST_STD))
         self.register_buffer("digit_temperature", torch.tensor(1.0))
         self.register_buffer("sum_temperature", torch.tensor(1.0))
         self.digit = DigitCNN(width)
         self.sum = SumHead()
+        with torch.random.fork_rng(devices=[]):  # its own seed: the digit network trains as it did without it
+            torch.manual_seed(DETECTOR_SEED)
+            self.detector = DigitCNN(detector_width, outputs=1)
 
     def logits(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Uncalibrated digit (B, 10) and sum (B, 19) logits; the sum head reads the uncalibrated digit softmax."""
@@ -106,9 +117,19 @@ class DigitSumNet(nn.Module):
             F.log_softmax(sum_logits / self.sum_temperature, dim=1),
         )
 
+    @torch.jit.export
+    def answer(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """forward's two outputs and P(no digit) (B,) from the non-digit detector, in one call."""
+        digit_log_probs, sum_log_probs = self.forward(images, numbers)
+        return digit_log_probs, sum_log_probs, self.nondigit_probability(images)
+
+    def nondigit_probability(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) in [0, 1] -> (B,) the detector's probability that the image is no digit at all."""
+        return torch.sigmoid(self.detector((images - self.mean) / self.std).float().squeeze(1))
+
     def model_args(self) -> dict[str, Any]:
         """The constructor's arguments: `DigitSumNet(**net.model_args())` rebuilds this architecture."""
-        return {"width": self.width}
+        return {"width": self.width, "detector_width": self.detector_width}
 
     def describe(self) -> dict[str, Any]:
         """The architecture as the model card records it, from the network itself."""
@@ -117,7 +138,9 @@ class DigitSumNet(nn.Module):
             "model_args": self.model_args(),
             "digit": self.digit.describe(),
             "sum": self.sum.describe(),
-            "parameters": parameter_count(self),
+            "detector": self.detector.describe(),
+            "parameters": parameter_count(self.digit) + parameter_count(self.sum),
+            "detector_parameters": parameter_count(self.detector),
         }
 
     def inference_copy(self) -> "DigitSumNet":
@@ -125,6 +148,7 @@ class DigitSumNet(nn.Module):
         may run channels-last; app/model.py picks the layout it serves in): what export and latency use."""
         model = copy.deepcopy(self).cpu().eval().to(memory_format=torch.contiguous_format)
         model.digit.fold_batchnorm()
+        model.detector.fold_batchnorm()
         return model
 
 

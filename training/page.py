@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from app.preprocess import to_mnist
@@ -80,3 +81,13 @@ def in_processes(function: Callable[[T], R], chunks: list[T], processes: int | N
         return [function(chunk) for chunk in chunks]
     with ProcessPoolExecutor(processes) as pool:
         return list(pool.map(function, chunks))
+
+
+def redraw_some(
+    images: torch.Tensor, index: torch.Tensor, drawings: torch.Tensor, share: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Replace a random `share` of the batch with one of its digits' page drawings (uint8 (versions, N, 28, 28))."""
+    chosen = torch.rand(len(index), generator=generator) < share
+    version = torch.randint(0, len(drawings), (len(index),), generator=generator)
+    redrawn = drawings[version, index].to(images.device).unsqueeze(1).float().div_(255)
+    return torch.where(chosen.to(images.device).view(-1, 1, 1, 1), redrawn, images)

@@ -23,11 +23,12 @@ from training.augment import augment
 from training.calibrate import calibrate
 from training.config import TrainConfig
 from training.data import PairedDigits
+from training.detector import fit_detector, fit_threshold, probabilities
 from training.export import Provenance, export_torchscript, model_card
 from training.measure import evaluate, measure
 from training.model import DigitSumNet
 from training.nondigits import nondigit_drawings
-from training.page import drawn_versions
+from training.page import drawn_versions, redraw_some
 from training.plots import plot_confusion, plot_curves
 
 log = logging.getLogger("training")
@@ -122,16 +123,6 @@ def train_epoch(
     }
 
 
-def redraw_some(
-    images: torch.Tensor, index: torch.Tensor, drawings: torch.Tensor, share: float, generator: torch.Generator
-) -> torch.Tensor:
-    """Replace a random `share` of the batch with one of its digits' page drawings (uint8 (versions, N, 28, 28))."""
-    chosen = torch.rand(len(index), generator=generator) < share
-    version = torch.randint(0, len(drawings), (len(index),), generator=generator)
-    redrawn = drawings[version, index].to(images.device).unsqueeze(1).float().div_(255)
-    return torch.where(chosen.to(images.device).view(-1, 1, 1, 1), redrawn, images)
-
-
 def with_nondigits(
     images: torch.Tensor, numbers: torch.Tensor, nondigits: torch.Tensor, share: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,14 +153,22 @@ def make_optimizer(
     return optimizer, scheduler
 
 
+def page_drawings(train: digit_data.Split, config: TrainConfig) -> torch.Tensor | None:
+    """uint8 (DRAWN_VERSIONS, N, 28, 28): each training digit drawn as the page draws it; None without --drawn-share."""
+    if config.drawn_share <= 0:
+        return None
+    return torch.from_numpy(drawn_versions(train.images.numpy(), DRAWN_VERSIONS, config.seed))
+
+
 def fit(
-    model: DigitSumNet, data: digit_data.DigitData, config: TrainConfig, device: torch.device
+    model: DigitSumNet,
+    data: digit_data.DigitData,
+    config: TrainConfig,
+    device: torch.device,
+    drawings: torch.Tensor | None = None,
 ) -> tuple[DigitSumNet, list[dict[str, Any]]]:
-    """Train for config.epochs; returns the weights to export and the per-epoch history."""
+    """Train for config.epochs; returns the weights to export and the per-epoch history. `drawings`: page_drawings."""
     train_pairs = PairedDigits(data.train, seed=config.seed)
-    drawings = None
-    if config.drawn_share > 0:
-        drawings = torch.from_numpy(drawn_versions(data.train.images.numpy(), DRAWN_VERSIONS, config.seed))
     nondigits = None
     if config.nondigit_share > 0:
         count = DRY_RUN_IMAGES if config.dry_run else NONDIGITS
@@ -209,6 +208,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
     data = digit_data.load(config.dataset, config.data_dir)
     if config.dry_run:
         data, config.epochs = digit_data.subset(data, DRY_RUN_IMAGES), 1
+        config.detector_epochs = min(config.detector_epochs, 1)
         config.holdout_per_digit = min(config.holdout_per_digit, DRY_RUN_HOLDOUT_PER_DIGIT)
     train, held = digit_data.hold_out(data.train, config.holdout_per_digit)
     if config.holdout_per_digit:
@@ -225,12 +225,21 @@ def run(config: TrainConfig) -> dict[str, Any]:
     start = time.perf_counter()
     # channels-last: oneDNN's CPU convolutions train much faster in it (an epoch here: 8.5 s -> 5.1 s)
     model = DigitSumNet(config.width).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    model, history = fit(model, data, config, device)
+    drawings = page_drawings(data.train, config)
+    model, history = fit(model, data, config, device, drawings)
     # no held-out images, no calibration: temperatures stay 1 and the service uses its uncalibrated threshold
     calibration = calibrate(model, held, config.seed, device) if len(held.labels) else None
     provenance = Provenance.of_this_run(len(history), time.perf_counter() - start, device)
     measured = measure(model, data.test, device, calibration)
-    card = export_torchscript(model, config.out, model_card(config, data, model.describe(), measured, provenance))
+    detector = None
+    if config.detector_epochs > 0:  # after the digit network: it cannot change a digit answer
+        detector = fit_detector(model, data.train, drawings, config, device)
+        detector.update(fit_threshold(model, data.train, held, config.seed, device))
+        on_test = probabilities(model, data.test.images.unsqueeze(1).float().div(255).to(device))
+        detector["test_split_flagged"] = round(float(np.mean(on_test > detector["threshold"])), 4)
+        log.info("non-digit detector: %s", detector)
+    card = model_card(config, data, model.describe(), measured, provenance, detector)
+    card = export_torchscript(model, config.out, card)
     write_reports(config.out, history, data, measured.test)
     log.info(
         "digit accuracy %.2f%%, sum accuracy %.2f%% (10 integers per image), %d/100 sum pairs exact, %.0f s -> %s",
