@@ -35,6 +35,7 @@ class Prediction:
     digit_probabilities: list[float]  # 10 floats
     sum_probabilities: list[float]  # 19 floats
     heads_agree: bool  # the digit head's and the sum head's own argmaxes both name this answer
+    no_digit: bool = False  # the non-digit detector flags the image: a letter, a shape, a scribble
 
 
 def decide(digit_p: np.ndarray, sum_p: np.ndarray, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,6 +119,11 @@ class Model:
         calibration = self.metadata.get("calibration") or {}
         # chosen on training images held out of training (training/calibrate.py), never on the test split
         self.low_confidence_threshold = float(calibration.get("low_confidence_threshold", UNCALIBRATED_THRESHOLD))
+        # a card with a detector section promises `answer`, the forward pass plus P(no digit) (training/detector.py)
+        detector = self.metadata.get("detector")
+        self.nondigit_threshold = None if detector is None else float(detector["threshold"])
+        if detector is not None and not hasattr(self.module, "answer"):
+            raise StartupError(f"Checkpoint {path}'s card has a detector but the module no `answer` method; retrain.")
         self.module.eval()
         if self.device.type == "cpu":  # oneDNN's NHWC convolutions: faster, same outputs (serve.md)
             self.module.to(memory_format=torch.channels_last)
@@ -135,15 +141,23 @@ class Model:
         number_batch = torch.from_numpy(number_array)
         if self.device.type != "cpu":
             batch, number_batch = batch.to(self.device), number_batch.to(self.device)
-        digit_lp, sum_lp = self.module(batch, number_batch)
+        call = self.module if self.nondigit_threshold is None else self.module.answer  # answer adds P(no digit)
+        outputs = call(batch, number_batch)
         if self.device.type != "cpu":
-            digit_lp, sum_lp = digit_lp.cpu(), sum_lp.cpu()
-        digit_p, sum_p = np.exp(digit_lp.numpy()), np.exp(sum_lp.numpy())  # (B, 10), (B, 19)
+            outputs = [output.cpu() for output in outputs]
+        digit_p, sum_p = np.exp(outputs[0].numpy()), np.exp(outputs[1].numpy())  # (B, 10), (B, 19)
+        no_digit = outputs[2].numpy() > self.nondigit_threshold if len(outputs) > 2 else np.zeros(len(numbers), bool)
         digits, agree = decide(digit_p, sum_p, number_array)
         return [
-            Prediction(d, d + n, dp, sp, a)
-            for d, n, dp, sp, a in zip(
-                digits.tolist(), numbers, digit_p.tolist(), sum_p.tolist(), agree.tolist(), strict=True
+            Prediction(d, d + n, dp, sp, a, x)
+            for d, n, dp, sp, a, x in zip(
+                digits.tolist(),
+                numbers,
+                digit_p.tolist(),
+                sum_p.tolist(),
+                agree.tolist(),
+                no_digit.tolist(),
+                strict=True,
             )
         ]
 

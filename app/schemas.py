@@ -19,9 +19,14 @@ class PredictionOut(BaseModel):
         description="true when the digit head alone and the sum head alone both give this answer; false: they "
         "split, the answer is their joint best guess (still digit + number = sum) and low_confidence is true"
     )
+    no_digit: bool = Field(
+        description="true when the model's non-digit detector, a second small network, finds the image is likely "
+        "no digit at all (a letter, a shape, a scribble); the digit and sum are still the network's best guess, "
+        "and low_confidence is true"
+    )
     low_confidence: bool = Field(
-        description="true when digit_confidence is under the service's threshold or the heads disagree: "
-        "the image may not be a clear single digit"
+        description="true when digit_confidence is under the service's threshold, the heads disagree or no_digit "
+        "is true: the image may not be a clear single digit"
     )
     digit_probabilities: list[float] = Field(min_length=10, max_length=10, description="P(digit = 0..9)")
     input_image: str | None = Field(

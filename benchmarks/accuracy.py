@@ -59,12 +59,14 @@ def answers(model: Model, pixels: np.ndarray) -> dict[str, np.ndarray]:
         "confidence": np.array([p.digit_probabilities[p.digit] for p in out]),
         "probs": np.array([p.digit_probabilities for p in out]),
         "agree": np.array([p.heads_agree for p in out]),
+        "no_digit": np.array([p.no_digit for p in out]),
     }
 
 
 def flagged(a: dict[str, np.ndarray], threshold: float) -> np.ndarray:
-    """The service's low_confidence for each of `answers`: a digit under the threshold, or heads that disagree."""
-    return (a["confidence"] < threshold) | ~a["agree"]
+    """The service's low_confidence for each of `answers`: a digit under the threshold, heads that disagree, or the
+    non-digit detector's no_digit."""
+    return (a["confidence"] < threshold) | ~a["agree"] | a["no_digit"]
 
 
 def score(model: Model, pixels: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, object]:
@@ -91,6 +93,7 @@ def score(model: Model, pixels: np.ndarray, labels: np.ndarray, threshold: float
         "ece": ece(a["confidence"], correct),
         "flagged_errors": float(low[~correct].mean()) if (~correct).any() else None,
         "flagged_right": float(low[correct].mean()),
+        "no_digit": float(a["no_digit"].mean()),
         "errors": int((~per_image).sum()),
         "per_digit": {str(d): float(per_image[labels == d].mean()) for d in range(10) if (labels == d).any()},
         "confusions": dict(sorted(confusions.items(), key=lambda kv: -kv[1])),
@@ -144,7 +147,8 @@ def non_digits(model: Model, threshold: float) -> dict[str, object]:
     kinds = np.array([p.stem.split("-", 1)[1] for p in paths])[~refused]
     return {
         "drawings": len(paths),
-        "no_digit": int(refused.sum()),
+        "refused": int(refused.sum()),
+        "no_digit": int(a["no_digit"][::10].sum()),
         "low_confidence": int((~confident).sum()),
         "confident_digit": int(confident.sum()),
         "confident_rate": float(confident.sum() / len(paths)),
@@ -203,14 +207,14 @@ def report(r: dict) -> str:  # type: ignore[type-arg]
         "Every image is asked with all ten numbers through app.model.Model.predict; files go through app.preprocess.",
         "",
         "| set | images | digit acc | sum acc | contradictions | heads disagree | ECE uncal. | ECE | "
-        "errors flagged | right flagged |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "errors flagged | right flagged | no_digit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in r["sets"].items():
         lines.append(
             f"| {name} | {s['images']:,} | {pct(s['accuracy'])} | {pct(s['sum_accuracy'])} | {s['contradictions']} "
             f"| {s['heads_disagree']} | {s['ece_uncalibrated']:.4f} | {s['ece']:.4f} | {pct(s['flagged_errors'])} "
-            f"| {pct(s['flagged_right'])} |"
+            f"| {pct(s['flagged_right'])} | {pct(s['no_digit'])} |"
         )
     drawn = r["sets"][DRAWN_REPORT]
     lines += [
@@ -224,8 +228,9 @@ def report(r: dict) -> str:  # type: ignore[type-arg]
     ]
     n = r["non_digits"]
     lines.append(
-        f"Non-digits drawn on the page (letters, shapes, scribbles): {n['drawings']}; refused as no digit "
-        f"{n['no_digit']}, answered with low confidence {n['low_confidence'] - 0}, answered as a confident digit "
+        f"Non-digits drawn on the page (letters, shapes, scribbles): {n['drawings']}; refused by preprocessing "
+        f"{n['refused']}, no_digit (the detector) {n['no_digit']}, answered with low confidence (no_digit included) "
+        f"{n['low_confidence']}, answered as a confident digit "
         f"{n['confident_digit']} ({pct(n['confident_rate'])}; kinds: {', '.join(n['confident_kinds']) or 'none'}); "
         f"contradictions {n['contradictions']}."
     )

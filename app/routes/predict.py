@@ -151,7 +151,8 @@ def encode(result: Prediction, number: int, low_confidence: float, pixels: np.nd
         digit_confidence=round(digit_confidence, 6),
         sum_confidence=round(result.sum_probabilities[result.sum], 6),
         heads_agree=result.heads_agree,
-        low_confidence=digit_confidence < low_confidence or not result.heads_agree,
+        no_digit=result.no_digit,
+        low_confidence=digit_confidence < low_confidence or not result.heads_agree or result.no_digit,
         digit_probabilities=[round(p, 6) for p in result.digit_probabilities],
         input_image=None if pixels is None else png_data_url(pixels),
     )

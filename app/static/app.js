@@ -239,9 +239,11 @@ function showResult(r) {
   $("sum-confidence").textContent = percent(r.sum_confidence);
   // The answer's arithmetic is always right (the service decides digit and sum jointly); when the two
   // heads split or the digit is unsure, say so beside it rather than present the guess as fact.
-  const doubt = r.heads_agree === false
-    ? "Not sure: the network's digit and sum readings disagree here; is this a single clear digit?"
-    : "Not sure — is this a single clear digit?";
+  const doubt = r.no_digit
+    ? "This does not look like a digit: a letter, a shape or a scribble?"
+    : r.heads_agree === false
+      ? "Not sure: the network's digit and sum readings disagree here; is this a single clear digit?"
+      : "Not sure — is this a single clear digit?";
   $("hint").textContent = doubt;
   $("hint").hidden = !r.low_confidence;
   $("result").classList.toggle("unsure", r.low_confidence);

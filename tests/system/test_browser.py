@@ -54,6 +54,7 @@ ONE: list[Stroke] = [[(0.54, 0.15), (0.51, 0.50), (0.47, 0.85)]]  # slightly sla
 SEVEN: list[Stroke] = [[(0.27, 0.22), (0.50, 0.21), (0.73, 0.20), (0.61, 0.43), (0.52, 0.64), (0.45, 0.85)]]
 ZERO: list[Stroke] = [ellipse(0.5, 0.5, 0.21, 0.33)]
 FOUR: list[Stroke] = [[(0.55, 0.15), (0.28, 0.62), (0.75, 0.62)], [(0.60, 0.38), (0.58, 0.86)]]  # pen lifted once
+WAVE: list[Stroke] = [[(0.15 + 0.7 * t, 0.5 + 0.15 * math.sin(4 * math.pi * t)) for t in np.linspace(0, 1, 40)]]
 DRAWN = [(1, 5, ONE), (7, 3, SEVEN), (0, 9, ZERO), (4, 0, FOUR)]  # (digit, number to add, strokes)
 
 
@@ -368,6 +369,18 @@ def test_doubt_is_shown_when_the_heads_disagree(page: Page) -> None:
     expect(page.locator("#result")).to_have_class(re.compile("unsure"))
     expect(page.locator("#status")).to_contain_text("Best guess 2")
     expect(page.locator("#status")).to_contain_text("2 + 3 = 5")
+
+
+def test_a_wave_is_no_digit_and_the_page_says_so(page: Page) -> None:
+    """The shipped model's detector on the real page: a wave is no digit, and the page says so beside its guess."""
+    page.get_by_label("Predict when I lift the pen").uncheck()
+    draw(page, WAVE)
+    result = predict(page)
+    assert result["no_digit"] is True and result["low_confidence"] is True
+    assert result["sum"] == result["digit"] + result["number"]
+    expect(page.locator("#hint")).to_be_visible()
+    expect(page.locator("#hint")).to_contain_text("does not look like a digit")
+    expect(page.locator("#status")).to_contain_text("Best guess")
 
 
 def test_a_finger_draws_on_a_phone(browser: Browser, server: str) -> None:

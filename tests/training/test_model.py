@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.model import DigitSumNet
+from training.model import DigitCNN, DigitSumNet, SumHead
 
 
 def trained_looking(width: int = 8) -> DigitSumNet:
@@ -22,12 +22,15 @@ def trained_looking(width: int = 8) -> DigitSumNet:
 
 
 def test_the_description_rebuilds_the_architecture() -> None:
-    description = DigitSumNet(width=16).describe()
-    assert description["model_args"] == {"width": 16}
+    description = DigitSumNet(width=16, detector_width=4).describe()
+    assert description["model_args"] == {"width": 16, "detector_width": 4}
     assert description["digit"] == "5x conv3x3 CNN, width 16"
+    assert description["detector"] == "5x conv3x3 CNN, width 4, 1 output"
     rebuilt = DigitSumNet(**description["model_args"])
     assert rebuilt.describe() == description
-    assert description["parameters"] == sum(p.numel() for p in rebuilt.parameters())
+    total = description["parameters"] + description["detector_parameters"]
+    assert total == sum(p.numel() for p in rebuilt.parameters())
+    assert description["detector_parameters"] == sum(p.numel() for p in rebuilt.detector.parameters())
 
 
 @torch.inference_mode()
@@ -35,7 +38,33 @@ def test_the_inference_copy_folds_batch_norm_with_the_same_outputs() -> None:
     model = trained_looking()
     copy = model.inference_copy()
     assert not any(isinstance(m, nn.BatchNorm2d) for m in copy.modules())
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 5  # the original is untouched
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 10  # untouched: the digit network's 5, the detector's 5
     images, numbers = torch.rand(4, 1, 28, 28), torch.tensor([0, 3, 7, 9])
     for ours, theirs in zip(model(images, numbers), copy(images, numbers), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_the_detector_leaves_the_digit_networks_initial_weights_and_random_stream_as_they_were() -> None:
+    """It draws its weights from a seed of its own, so a run trains the same digit network with or without it."""
+    torch.manual_seed(0)
+    model, after = DigitSumNet(8), torch.rand(5)
+    torch.manual_seed(0)
+    digit, total, after_without = DigitCNN(8), SumHead(), torch.rand(5)
+    assert torch.equal(after, after_without)
+    for ours, theirs in ((model.digit, digit), (model.sum, total)):
+        pairs = zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs)
+
+
+@torch.inference_mode()
+def test_answer_is_forward_plus_the_detectors_probability_also_when_scripted() -> None:
+    model = trained_looking()
+    scripted = torch.jit.script(model.inference_copy())
+    images, numbers = torch.rand(4, 1, 28, 28), torch.tensor([0, 3, 7, 9])
+    digit_lp, sum_lp, nondigit = scripted.answer(images, numbers)
+    forward = model(images, numbers)
+    torch.testing.assert_close(digit_lp, forward[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(sum_lp, forward[1], atol=1e-5, rtol=1e-4)
+    assert nondigit.shape == (4,) and bool(((nondigit > 0) & (nondigit < 1)).all())
+    expected = torch.sigmoid(model.detector((images - model.mean) / model.std)).squeeze(1)
+    torch.testing.assert_close(nondigit, expected, atol=1e-5, rtol=1e-4)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from tests.support.service import SHIPPED_MODEL
 from training.data import DigitData, PairedDigits
+from training.nondigits import nondigit_drawings
 
 
 def load_shipped() -> tuple[torch.jit.ScriptModule, dict]:  # type: ignore[type-arg]
@@ -42,3 +43,19 @@ def test_sum_head_is_exact_for_all_100_pairs() -> None:
     digits, numbers = torch.arange(10).repeat_interleave(10), torch.arange(10).repeat(10)
     sum_logits = module.sum(F.one_hot(digits, 10).float(), numbers)
     assert torch.equal(sum_logits.argmax(1), digits + numbers)
+
+
+@torch.inference_mode()
+def test_the_shipped_detector_flags_non_digits_and_few_digits(sample: DigitData) -> None:
+    """Its threshold flags 1% of held-out training views; on the test split and on non-digits of a seed training
+    never used it must do about as the card says."""
+    module, metadata = load_shipped()
+    threshold = metadata["detector"]["threshold"]
+    digits = sample.test.images.unsqueeze(1).float() / 255
+    numbers = torch.zeros(len(digits), dtype=torch.int64)
+    flagged = (module.answer(digits, numbers)[2] > threshold).float().mean().item()
+    assert flagged <= 0.015 and round(flagged, 4) == metadata["detector"]["test_split_flagged"]
+    drawings = nondigit_drawings(200, sample.train.images[::10].numpy(), seed=999)
+    others = torch.from_numpy(drawings).unsqueeze(1).float() / 255
+    caught = (module.answer(others, numbers[:200])[2] > threshold).float().mean().item()
+    assert caught >= 0.6  # the card: 70% of 500 such drawings

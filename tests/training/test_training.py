@@ -24,6 +24,7 @@ from training.augment import augment, elastic_field, random_lowres
 from training.calibrate import expected_calibration_error, fit_temperature
 from training.config import TrainConfig
 from training.data import PairedDigits, Split, sample_csv_path
+from training.detector import fit_detector
 from training.model import DigitSumNet
 from training.train import run
 
@@ -236,6 +237,34 @@ def test_calibration_travels_inside_the_checkpoint(dry_run_dir: DryRun) -> None:
     assert float(module.sum_temperature) == pytest.approx(calibration["sum_temperature"], abs=1e-4)
     assert 0 < calibration["low_confidence_threshold"] < 1
     assert "held out of training" in calibration["fitted_on"]
+
+
+def test_the_detectors_threshold_and_figures_travel_in_the_card(dry_run_dir: DryRun) -> None:
+    card = json.loads((dry_run_dir[0] / "m.json").read_text())
+    detector = card["detector"]
+    assert detector["method"].startswith("answer(images, numbers)")
+    assert 0 < detector["threshold"] < 1 and "held-out" in detector["fitted"]
+    assert detector["held_out_views_flagged"] <= 0.05  # a quantile of a few dozen views: about 1%
+    assert 0 <= detector["unseen_nondigits_caught"] <= 1 and 0 <= detector["test_split_flagged"] <= 1
+
+
+def test_no_detector_epochs_no_detector_section(tmp_path: Path) -> None:
+    card = dry_run(tmp_path / "m.pt", "--detector-epochs", "0")
+    assert "detector" not in card
+
+
+def test_training_the_detector_changes_it_and_nothing_else(sample: digit_data.DigitData) -> None:
+    torch.manual_seed(0)
+    model = DigitSumNet(4, detector_width=4)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    train = digit_data.Split(sample.train.images[::20], sample.train.labels[::20])
+    config = TrainConfig(detector_epochs=1)
+    section = fit_detector(model, train, None, config, torch.device("cpu"))
+    after = model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("detector.") for name in changed)
+    assert section["epochs"] == 1 and section["nondigits"] == 4 * len(train.labels)
+    assert not model.detector.training  # left in eval mode, ready to export
 
 
 def test_held_out_images_are_the_last_of_each_digit_and_never_train(sample: digit_data.DigitData) -> None:
