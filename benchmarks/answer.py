@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from app.model import decide
+from app.settings import DEFAULT_MODEL
 
 MAX_PIXELS = 40_000_000  # the service's default DIGITSUM_MAX_PIXELS
+NONDIGIT_THRESHOLD = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())["detector"]["threshold"]
 
 
-def answer(digit_p: np.ndarray, sum_p: np.ndarray, number: int) -> dict[str, object]:
-    """(10,) and (19,) probabilities -> the JSON fields of the service's /predict answer."""
+def answer(digit_p: np.ndarray, sum_p: np.ndarray, number: int, nondigit: float) -> dict[str, object]:
+    """(10,) and (19,) probabilities and the detector's P(no digit) -> the JSON fields of the service's answer.
+    Every server calls the checkpoint's `answer` method, as the service does: the same network work per image."""
     digits, agrees = decide(digit_p[None], sum_p[None], np.array([number]))
     digit, agree = int(digits[0]), bool(agrees[0])
     total = digit + number
@@ -21,5 +26,6 @@ def answer(digit_p: np.ndarray, sum_p: np.ndarray, number: int) -> dict[str, obj
         "digit_confidence": round(float(digit_p[digit]), 6),
         "sum_confidence": round(float(sum_p[total]), 6),
         "heads_agree": agree,
+        "no_digit": bool(nondigit > NONDIGIT_THRESHOLD),
         "digit_probabilities": [round(float(p), 6) for p in digit_p],
     }

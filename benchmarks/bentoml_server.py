@@ -63,12 +63,12 @@ class Model:
 
     @bentoml.api(batchable=True, max_batch_size=CONFIG["max_batch_size"], max_latency_ms=CONFIG["max_latency_ms"])
     def forward(self, rows: np.ndarray) -> np.ndarray:
-        """(B, 785) float32 rows -> (B, 29): the 10 digit probabilities, then the 19 sum probabilities."""
+        """(B, 785) float32 rows -> (B, 30): the 10 digit probabilities, the 19 sum probabilities, P(no digit)."""
         images = torch.from_numpy(np.ascontiguousarray(rows[:, :PIXELS])).reshape(-1, 1, 28, 28)
         numbers = torch.from_numpy(rows[:, PIXELS]).long()
         with torch.inference_mode():
-            digit_lp, sum_lp = self.model(images, numbers)  # (B, 10), (B, 19)
-        return torch.cat([digit_lp, sum_lp], 1).exp().numpy()
+            digit_lp, sum_lp, nondigit = self.model.answer(images, numbers)  # (B, 10), (B, 19), (B,)
+        return torch.cat([digit_lp.exp(), sum_lp.exp(), nondigit[:, None]], 1).numpy()
 
 
 @bentoml.service(workers=CONFIG["api_workers"], logging=NO_ACCESS_LOG)
@@ -82,8 +82,8 @@ class DigitSum:
         except ImageError as exc:
             raise InvalidArgument(str(exc)) from None
         row = np.append(pixels.reshape(-1), np.float32(number))[None]  # (1, 785)
-        probabilities = (await self.model.to_async.forward(row))[0]  # (29,)
-        return answer(probabilities[:10], probabilities[10:], number)
+        probabilities = (await self.model.to_async.forward(row))[0]  # (30,)
+        return answer(probabilities[:10], probabilities[10:29], number, float(probabilities[29]))
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ from app.settings import DEFAULT_MODEL  # noqa: E402
 from app.upload import ImageError  # noqa: E402
 from benchmarks.answer import MAX_PIXELS, answer  # noqa: E402
 
+Answerable = tuple[np.ndarray, np.ndarray, int, float]  # one request's digit and sum probabilities, number, P(no digit)
+
 
 class DigitSumAPI(ls.LitAPI):
     def __init__(self, torch_threads: int, **kwargs: object) -> None:
@@ -56,13 +58,15 @@ class DigitSumAPI(ls.LitAPI):
             return self.unbatch(self.predict(self.batch([x])))[0]
         images, numbers = x
         with torch.inference_mode():
-            digit_lp, sum_lp = self.model(images, numbers)  # (B, 10), (B, 19)
-        return digit_lp.exp().numpy(), sum_lp.exp().numpy(), numbers.tolist()
+            digit_lp, sum_lp, nondigit = self.model.answer(images, numbers)  # (B, 10), (B, 19), (B,)
+        return digit_lp.exp().numpy(), sum_lp.exp().numpy(), numbers.tolist(), nondigit.tolist()
 
-    def unbatch(self, output: tuple[np.ndarray, np.ndarray, list[int]]) -> list[tuple[np.ndarray, np.ndarray, int]]:  # type: ignore[override]
+    def unbatch(
+        self, output: tuple[np.ndarray, np.ndarray, list[int], list[float]]
+    ) -> list[tuple[np.ndarray, np.ndarray, int, float]]:  # type: ignore[override]
         return list(zip(*output, strict=True))
 
-    def encode_response(self, output: tuple[np.ndarray, np.ndarray, int]) -> dict[str, object]:  # type: ignore[override]
+    def encode_response(self, output: Answerable) -> dict[str, object]:  # type: ignore[override]
         return answer(*output)
 
 

@@ -25,8 +25,8 @@ async def predict(image: UploadFile, number: int = Form()) -> dict[str, object]:
     data = await image.read()
     pixels = preprocess(data, MAX_PIXELS)  # Image.open -> (28, 28), the service's own preprocessing
     with torch.no_grad():
-        digit_lp, sum_lp = model(torch.from_numpy(pixels)[None, None], torch.tensor([number]))  # (1, 10), (1, 19)
-    return answer(digit_lp.exp()[0].numpy(), sum_lp.exp()[0].numpy(), number)
+        digit_lp, sum_lp, nondigit = model.answer(torch.from_numpy(pixels)[None, None], torch.tensor([number]))
+    return answer(digit_lp.exp()[0].numpy(), sum_lp.exp()[0].numpy(), number, float(nondigit[0]))
 
 
 @app.get("/healthz")

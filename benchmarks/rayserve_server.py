@@ -56,19 +56,19 @@ class DigitSum:
             pixels = preprocess(await image.read(), MAX_PIXELS)  # (28, 28) float32
         except ImageError as exc:
             raise HTTPException(422, str(exc)) from None
-        digit_p, sum_p = await self.forward(pixels, number)  # type: ignore[misc, call-arg]
-        return answer(digit_p, sum_p, number)
+        digit_p, sum_p, nondigit = await self.forward(pixels, number)  # type: ignore[misc, call-arg]
+        return answer(digit_p, sum_p, number, nondigit)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)  # type: ignore[arg-type]
-    async def forward(self, pixels: list[np.ndarray], numbers: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:  # type: ignore[misc]
+    async def forward(self, pixels: list[np.ndarray], numbers: list[int]) -> list[tuple[np.ndarray, np.ndarray, float]]:  # type: ignore[misc]
         images = torch.from_numpy(np.stack(pixels)).unsqueeze(1)  # (B, 1, 28, 28)
         with torch.inference_mode():
-            digit_lp, sum_lp = self.model(images, torch.tensor(numbers))  # (B, 10), (B, 19)
-        return list(zip(digit_lp.exp().numpy(), sum_lp.exp().numpy(), strict=True))
+            digit_lp, sum_lp, nondigit = self.model.answer(images, torch.tensor(numbers))  # (B, 10), (B, 19), (B,)
+        return list(zip(digit_lp.exp().numpy(), sum_lp.exp().numpy(), nondigit.tolist(), strict=True))
 
 
 def main() -> None:

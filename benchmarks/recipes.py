@@ -59,7 +59,8 @@ def coarse_scan(image: np.ndarray, cells: int = 10, levels: int = 17, side: int 
 
 
 RECIPE_FLAGS = (
-    "drawn_share", "nondigit_share", "epochs", "width", "holdout_per_digit", "elastic_px", "lowres_share", "seed",
+    "drawn_share", "nondigit_share", "detector_epochs", "epochs", "width", "holdout_per_digit", "elastic_px",
+    "lowres_share", "seed",
 )  # fmt: skip
 
 
