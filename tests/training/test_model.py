@@ -38,7 +38,7 @@ def test_the_inference_copy_folds_batch_norm_with_the_same_outputs() -> None:
     model = trained_looking()
     copy = model.inference_copy()
     assert not any(isinstance(m, nn.BatchNorm2d) for m in copy.modules())
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 10  # untouched: the digit network's 5, the detector's 5
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 10  # untouched: 5 in each network
     images, numbers = torch.rand(4, 1, 28, 28), torch.tensor([0, 3, 7, 9])
     for ours, theirs in zip(model(images, numbers), copy(images, numbers), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
