@@ -39,7 +39,9 @@ INTERNAL_PATHS = frozenset({"/metrics", "/model"})  # with DIGITSUM_INTERNAL_POR
 
 
 def load_model(settings: Settings) -> Model:
-    model = Model(settings.model_path, choose_device(settings.device), settings.allow_missing_card)
+    model = Model(
+        settings.model_path, choose_device(settings.device), settings.allow_missing_card, settings.nondigit_threshold
+    )
     MODEL_INFO.labels(model.sha256, str(model.device), model.path.name).set(1)
     log.info("loaded %s (sha256 %s...) on %s: %s", model.path, model.sha256[:12], model.device, model.device_reason)
     return model

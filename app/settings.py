@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         description="digit confidence under which low_confidence is true; unset: the threshold calibrated "
         "into the model card (0.6 for a card without one)",
     )
+    nondigit_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="the non-digit detector's probability over which no_digit is true (1: never); unset: the "
+        "threshold in the model card. Only for a checkpoint with a detector",
+    )
     cors_origins: list[str] = Field([], description='allowed browser origins, JSON list, e.g. ["https://x.org"]')
     allowed_hosts: list[str] = Field(
         [], description='Host header values to answer (JSON list, e.g. ["digitsum.example.org"]); empty: any'

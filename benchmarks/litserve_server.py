@@ -26,7 +26,7 @@ from fastapi import HTTPException  # noqa: E402
 from app.preprocess import preprocess  # noqa: E402
 from app.settings import DEFAULT_MODEL  # noqa: E402
 from app.upload import ImageError  # noqa: E402
-from benchmarks.answer import MAX_PIXELS, answer  # noqa: E402
+from benchmarks.answer import MAX_PIXELS, answer, network  # noqa: E402
 
 Answerable = tuple[np.ndarray, np.ndarray, int, float]  # one request's digit and sum probabilities, number, P(no digit)
 
@@ -58,7 +58,7 @@ class DigitSumAPI(ls.LitAPI):
             return self.unbatch(self.predict(self.batch([x])))[0]
         images, numbers = x
         with torch.inference_mode():
-            digit_lp, sum_lp, nondigit = self.model.answer(images, numbers)  # (B, 10), (B, 19), (B,)
+            digit_lp, sum_lp, nondigit = network(self.model, images, numbers)  # (B, 10), (B, 19), (B,)
         return digit_lp.exp().numpy(), sum_lp.exp().numpy(), numbers.tolist(), nondigit.tolist()
 
     def unbatch(

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Form, UploadFile
 
 from app.preprocess import preprocess
 from app.settings import DEFAULT_MODEL
-from benchmarks.answer import MAX_PIXELS, answer
+from benchmarks.answer import MAX_PIXELS, answer, network
 
 app = FastAPI(title="DigitSum, the tutorial way")
 model = torch.jit.load(str(DEFAULT_MODEL), map_location="cpu").eval()
@@ -25,7 +25,7 @@ async def predict(image: UploadFile, number: int = Form()) -> dict[str, object]:
     data = await image.read()
     pixels = preprocess(data, MAX_PIXELS)  # Image.open -> (28, 28), the service's own preprocessing
     with torch.no_grad():
-        digit_lp, sum_lp, nondigit = model.answer(torch.from_numpy(pixels)[None, None], torch.tensor([number]))
+        digit_lp, sum_lp, nondigit = network(model, torch.from_numpy(pixels)[None, None], torch.tensor([number]))
     return answer(digit_lp.exp()[0].numpy(), sum_lp.exp()[0].numpy(), number, float(nondigit[0]))
 
 

@@ -34,7 +34,7 @@ from ray import serve  # noqa: E402
 from app.preprocess import preprocess  # noqa: E402
 from app.settings import DEFAULT_MODEL  # noqa: E402
 from app.upload import ImageError  # noqa: E402
-from benchmarks.answer import MAX_PIXELS, answer  # noqa: E402
+from benchmarks.answer import MAX_PIXELS, answer, network  # noqa: E402
 
 api = FastAPI(title="DigitSum behind Ray Serve")
 
@@ -67,7 +67,7 @@ class DigitSum:
     async def forward(self, pixels: list[np.ndarray], numbers: list[int]) -> list[tuple[np.ndarray, np.ndarray, float]]:  # type: ignore[misc]
         images = torch.from_numpy(np.stack(pixels)).unsqueeze(1)  # (B, 1, 28, 28)
         with torch.inference_mode():
-            digit_lp, sum_lp, nondigit = self.model.answer(images, torch.tensor(numbers))  # (B, 10), (B, 19), (B,)
+            digit_lp, sum_lp, nondigit = network(self.model, images, torch.tensor(numbers))  # (B, 10), (B, 19), (B,)
         return list(zip(digit_lp.exp().numpy(), sum_lp.exp().numpy(), nondigit.tolist(), strict=True))
 
 

@@ -551,7 +551,8 @@ def sweep(name: str, args: argparse.Namespace, load: Load) -> None:
 # that names one; waiting threads (a worker blocked on its queue, the loop in epoll) are not counted.
 STAGES = [
     ("preprocess (app.preprocess)", ("(app/preprocess.py",)),
-    ("forward (TorchScript)", ("(torch/",)),
+    ("forward (TorchScript)", ("(torch/", "network (app/model.py", "network (benchmarks/answer.py",
+                               "network (answer.py")),
     ("multipart form parsing", ("(python_multipart/", "(starlette/formparsers.py", "(multipart/")),
     ("multiprocessing (LitServe's queues, uvicorn's supervisor)", ("(multiprocessing/", "(litserve/transport/",
                                                                    "(pickle.py", "(copyreg.py")),

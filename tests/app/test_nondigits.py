@@ -53,3 +53,19 @@ def test_a_card_promising_a_detector_the_module_lacks_stops_startup(tmp_path: Pa
     path = write_checkpoint(ConstantDigit(3), tmp_path / "m.pt", DETECTOR_CARD)
     with pytest.raises(StartupError, match="no `answer` method; retrain"):
         Model(path, DeviceChoice(torch.device("cpu"), "test"))
+
+
+def test_a_threshold_set_for_a_checkpoint_without_a_detector_stops_startup(tmp_path: Path) -> None:
+    path = write_checkpoint(ConstantDigit(3), tmp_path / "m.pt")
+    with pytest.raises(StartupError, match="DIGITSUM_NONDIGIT_THRESHOLD is set but .* has no non-digit detector"):
+        Model(path, DeviceChoice(torch.device("cpu"), "test"), nondigit_threshold=0.9)
+
+
+@pytest.mark.parametrize(("setting", "no_digit"), [(None, True), (0.95, False), (1.0, False), (0.0, True)])
+def test_the_threshold_setting_overrides_the_cards(tmp_path: Path, setting: float | None, no_digit: bool) -> None:
+    path = write_checkpoint(
+        WithConstantDetector(torch.jit.load(str(SHIPPED_MODEL)), 0.9), tmp_path / "m.pt", DETECTOR_CARD
+    )
+    model = Model(path, DeviceChoice(torch.device("cpu"), "test"), nondigit_threshold=setting)
+    assert model.nondigit_threshold == (0.5 if setting is None else setting)  # the card says 0.5
+    assert model.predict(np.zeros((1, 28, 28), np.float32), [0])[0].no_digit is no_digit

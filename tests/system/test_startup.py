@@ -64,8 +64,25 @@ def tampered(tmp_path: Path) -> Path:
         (lambda tmp: {"DIGITSUM_DEVICE": "cuda"}, "DIGITSUM_DEVICE=cuda but no CUDA GPU is visible"),
         (lambda tmp: {"DIGITSUM_DEVICE": "gpu"}, "Invalid setting DIGITSUM_DEVICE='gpu'"),
         (lambda tmp: {"DIGITSUM_MAX_BATCH_SIZE": "0"}, "Invalid setting DIGITSUM_MAX_BATCH_SIZE='0'"),
+        (
+            lambda tmp: {
+                "DIGITSUM_MODEL_PATH": str(write_checkpoint(ConstantDigit(3), tmp / "m.pt")),
+                "DIGITSUM_NONDIGIT_THRESHOLD": "0.9",
+            },
+            "DIGITSUM_NONDIGIT_THRESHOLD is set but checkpoint",
+        ),
+        (lambda tmp: {"DIGITSUM_NONDIGIT_THRESHOLD": "1.5"}, "Invalid setting DIGITSUM_NONDIGIT_THRESHOLD='1.5'"),
     ],
-    ids=["missing", "corrupt", "tampered", "cuda-without-gpu", "bad-device", "bad-batch-size"],
+    ids=[
+        "missing",
+        "corrupt",
+        "tampered",
+        "cuda-without-gpu",
+        "bad-device",
+        "bad-batch-size",
+        "threshold-without-detector",
+        "bad-threshold",
+    ],  # fmt: skip
 )
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_bad_startup_exits_with_one_clear_line(tmp_path: Path, make_env, line: str, launcher: str) -> None:  # type: ignore[no-untyped-def]
