@@ -66,10 +66,10 @@ class TrainConfig:
     detector_epochs: int = knob(
         10,
         "passes of the non-digit detector (training/detector.py) over the training set, after the digit network; "
-        "0: no detector. About 15 s on 2 cores",
+        "0: no detector. About 25 s on 2 cores, drawing its non-digits included (benchmarks/results/train.md)",
     )
     detector_width: int = knob(
-        8, "channels of the detector's first conv block; 8 costs a tenth of the digit network's forward pass"
+        8, "channels of the detector's first conv block; at 8 it has a ninth of the digit network's multiply-adds"
     )
     holdout_per_digit: int = knob(
         10,

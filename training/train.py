@@ -224,7 +224,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     # channels-last: oneDNN's CPU convolutions train much faster in it (an epoch here: 8.5 s -> 5.1 s)
-    model = DigitSumNet(config.width).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model = DigitSumNet(config.width, config.detector_width).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     drawings = page_drawings(data.train, config)
     model, history = fit(model, data, config, device, drawings)
     # no held-out images, no calibration: temperatures stay 1 and the service uses its uncalibrated threshold

@@ -253,6 +253,12 @@ def test_no_detector_epochs_no_detector_section(tmp_path: Path) -> None:
     assert "detector" not in card
 
 
+def test_the_detector_width_reaches_the_network(tmp_path: Path) -> None:
+    card = dry_run(tmp_path / "m.pt", "--detector-width", "4")
+    assert card["architecture"]["model_args"]["detector_width"] == 4
+    assert card["architecture"]["detector"] == "5x conv3x3 CNN, width 4, 1 output"
+
+
 def test_training_the_detector_changes_it_and_nothing_else(sample: digit_data.DigitData) -> None:
     torch.manual_seed(0)
     model = DigitSumNet(4, detector_width=4)
