@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from training.augment import augment
 from training.calibrate import held_out_views
 from training.config import TrainConfig
-from training.data import Split
+from training.data import DigitData, Split
 from training.model import DigitSumNet
 from training.nondigits import nondigit_drawings
 from training.page import redraw_some
@@ -34,6 +34,17 @@ FLAG_DIGIT_SHARE = 0.01  # the threshold flags this share of the held-out digit 
 UNFITTED_THRESHOLD = 0.5  # no held-out images to fit on: the detector's own even odds
 CHECK_NONDIGITS, CHECK_SEED = 500, 999  # drawings of a seed that training never uses, to measure the catch rate
 POOL_SEED_OFFSET = 17  # its pool apart from --nondigit-share's (the run's seed)
+
+
+def train_detector(model: DigitSumNet, data: DigitData, held: Split, drawings: torch.Tensor | None,
+                   config: TrainConfig, device: torch.device) -> dict[str, Any]:  # fmt: skip
+    """Train `model.detector`, fit its threshold, and measure it: the card's `detector` section. The test split is
+    read only to report what the threshold flags of it."""
+    section = fit_detector(model, data.train, drawings, config, device)
+    section.update(fit_threshold(model, data.train, held, config.seed, device))
+    on_test = probabilities(model, data.test.images.unsqueeze(1).float().div(255).to(device))
+    section["test_split_flagged"] = round(float(np.mean(on_test > section["threshold"])), 4)
+    return section
 
 
 def fit_detector(model: DigitSumNet, train: Split, drawings: torch.Tensor | None, config: TrainConfig,

@@ -23,7 +23,7 @@ from training.augment import augment
 from training.calibrate import calibrate
 from training.config import TrainConfig
 from training.data import PairedDigits
-from training.detector import fit_detector, fit_threshold, probabilities
+from training.detector import train_detector
 from training.export import Provenance, export_torchscript, model_card
 from training.measure import evaluate, measure
 from training.model import DigitSumNet
@@ -233,10 +233,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
     measured = measure(model, data.test, device, calibration)
     detector = None
     if config.detector_epochs > 0:  # after the digit network: it cannot change a digit answer
-        detector = fit_detector(model, data.train, drawings, config, device)
-        detector.update(fit_threshold(model, data.train, held, config.seed, device))
-        on_test = probabilities(model, data.test.images.unsqueeze(1).float().div(255).to(device))
-        detector["test_split_flagged"] = round(float(np.mean(on_test > detector["threshold"])), 4)
+        detector = train_detector(model, data, held, drawings, config, device)
         log.info("non-digit detector: %s", detector)
     card = model_card(config, data, model.describe(), measured, provenance, detector)
     card = export_torchscript(model, config.out, card)
