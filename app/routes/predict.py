@@ -8,13 +8,11 @@ import time
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Query, Request, Response
 from PIL import Image
-from pydantic import Field
 
-from app.dependencies import PredictorDep, SettingsDep
-from app.errors import InvalidField, NotAForm
-from app.handlers import FieldHelp, explains_fields, send_form
+from app.errors import InvalidField
+from app.forms import FormField, FormSpec
 from app.metrics import DECODE_SECONDS
 from app.model import Prediction
 from app.predictor import Answer, Predictor
@@ -24,25 +22,51 @@ from app.settings import Settings
 router = APIRouter(tags=["prediction"])
 
 MODEL_HEADER = "X-Model-SHA256"  # the first 12 hex digits of the checkpoint's sha256: watch a rollout from outside
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")  # the bodies FastAPI reads as a form
 
-ImageField = Annotated[
-    UploadFile, File(description="A picture of one handwritten digit: PNG, JPEG, WEBP, BMP, GIF or TIFF.")
-]
-NumberField = Annotated[int, Form(ge=0, le=9, description="An integer from 0 to 9 to add to the digit.", examples=[3])]
-ImagesField = Annotated[list[UploadFile], File(description="Pictures of handwritten digits, one file field each.")]
-NumbersField = Annotated[
-    list[Annotated[int, Field(ge=0, le=9)]],
-    Form(description="One integer 0-9 per image, in the same order; or a single one for every image.", examples=[3]),
-]
 DebugQuery = Annotated[bool, Query(description="Also return the 28x28 image the network saw.")]
 
-IMAGE = FieldHelp(send="the picture as a multipart/form-data file field named 'image'", kind="a file upload "
-                  "(multipart/form-data with a filename)")  # fmt: skip
-NUMBER = FieldHelp(send="an integer from 0 to 9 as the form field 'number'", kind="an integer from 0 to 9")
-IMAGES = FieldHelp(send="each picture as a file field named 'images'", kind="file uploads (multipart/form-data)")
-NUMBERS = FieldHelp(send="one integer 0-9 per image as fields named 'numbers'", kind="integers from 0 to 9")
-
+PREDICT_FORM = FormSpec(
+    "multipart/form-data with the file field 'image' and the field 'number'",
+    (
+        FormField(
+            "image",
+            files=True,
+            many=False,
+            send="the picture as a multipart/form-data file field named 'image'",
+            kind="a file upload (multipart/form-data with a filename)",
+            description="A picture of one handwritten digit: PNG, JPEG, WEBP, BMP, GIF or TIFF.",
+        ),
+        FormField(
+            "number",
+            files=False,
+            many=False,
+            send="an integer from 0 to 9 as the form field 'number'",
+            kind="an integer from 0 to 9",
+            description="An integer from 0 to 9 to add to the digit.",
+        ),
+    ),
+)
+BATCH_FORM = FormSpec(
+    "multipart/form-data with file fields 'images' and fields 'numbers'",
+    (
+        FormField(
+            "images",
+            files=True,
+            many=True,
+            send="each picture as a file field named 'images'",
+            kind="file uploads (multipart/form-data)",
+            description="Pictures of handwritten digits, one file field each.",
+        ),
+        FormField(
+            "numbers",
+            files=False,
+            many=True,
+            send="one integer 0-9 per image as fields named 'numbers'",
+            kind="integers from 0 to 9",
+            description="One integer 0-9 per image, in the same order; or a single one for every image.",
+        ),
+    ),
+)
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorOut, "description": text}
     for code, text in [
@@ -57,53 +81,41 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-def form_with(*single: str) -> Depends:  # type: ignore[valid-type]
-    """A dependency: 415 unless the body is a form; 422 when one of the `single` fields comes more than once.
-
-    FastAPI has already parsed the form (request.form() is cached): it would read a JSON body as an empty
-    form and report missing fields, and it silently keeps the last of repeated fields.
-    """
-
-    async def check(request: Request) -> None:
-        content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if content_type not in FORM_TYPES:
-            got = f"The body is {content_type}, not a form" if content_type else "The request has no Content-Type"
-            raise NotAForm(f"{got}; {send_form(request)}.")
-        form = await request.form()
-        for name in single:
-            if (count := len(form.getlist(name))) > 1:
-                raise InvalidField(f"{name} was sent {count} times; send it once.")
-
-    return Depends(check)
-
-
-@router.post("/predict", response_model=PredictionOut, responses=ERRORS, dependencies=[form_with("image", "number")])
-@explains_fields("multipart/form-data with the file field 'image' and the field 'number'", image=IMAGE, number=NUMBER)
-async def predict(
-    image: ImageField,
-    number: NumberField,
-    predictor: PredictorDep,
-    settings: SettingsDep,
-    response: Response,
-    debug: DebugQuery = False,
-) -> PredictionOut:
+@router.post("/predict", response_model=PredictionOut, responses=ERRORS, openapi_extra=PREDICT_FORM.openapi())
+async def predict(request: Request, debug: DebugQuery = False) -> Response:
     """Recognise the handwritten digit and add the number; digit and sum both come from the network."""
+    predictor, settings = current(request)
+    form = await PREDICT_FORM.read(request)
+    number = form["number"]
     predictor.require_ready()
     deadline = predictor.deadline()
     start = time.perf_counter()
-    decoded_image = await predictor.decode(await image.read(), deadline)
+    decoded_image = await predictor.decode(form["image"], deadline)
     decoded = time.perf_counter()
     DECODE_SECONDS.observe(decoded - start)
     timed = await predictor.predict(decoded_image, number, deadline)
-    response.headers[MODEL_HEADER] = predictor.model.sha256[:12]
-    response.headers["Server-Timing"] = (
+    answer = timed.value
+    prediction = encode(
+        answer.prediction, number, low_confidence_threshold(settings, predictor), answer.pixels if debug else None
+    )
+    timing = (
         f"decode;dur={(decoded - start) * 1000:.2f}, queue;dur={timed.queue_s * 1000:.2f}, "
         f"inference;dur={timed.inference_s * 1000:.2f}"
     )
-    answer = timed.value
-    return encode(
-        answer.prediction, number, low_confidence_threshold(settings, predictor), answer.pixels if debug else None
-    )
+    return json_response(prediction, predictor, {"Server-Timing": timing})
+
+
+def current(request: Request) -> tuple[Predictor, Settings]:
+    """The app's predictor and settings (read here, not through Depends: each dependency is per-request work)."""
+    return request.app.state.predictor, request.app.state.settings
+
+
+def json_response(
+    body: PredictionOut | BatchOut, predictor: Predictor, headers: dict[str, str] | None = None
+) -> Response:
+    """The answer as JSON, serialised once by its model (`response_model` documents it, and would validate it again)."""
+    headers = {MODEL_HEADER: predictor.model.sha256[:12], **(headers or {})}
+    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
 
 
 def low_confidence_threshold(settings: Settings, predictor: Predictor) -> float:
@@ -111,34 +123,33 @@ def low_confidence_threshold(settings: Settings, predictor: Predictor) -> float:
     return predictor.model.low_confidence_threshold if settings.low_confidence is None else settings.low_confidence
 
 
-@router.post(
-    "/predict/batch", response_model=BatchOut, responses=ERRORS, dependencies=[form_with()], tags=["prediction"]
-)
-@explains_fields("multipart/form-data with file fields 'images' and fields 'numbers'", images=IMAGES, numbers=NUMBERS)
-async def predict_batch(
-    images: ImagesField, numbers: NumbersField, predictor: PredictorDep, settings: SettingsDep, response: Response
-) -> BatchOut:
+@router.post("/predict/batch", response_model=BatchOut, responses=ERRORS, openapi_extra=BATCH_FORM.openapi())
+async def predict_batch(request: Request) -> Response:
     """Many images in one request, answered in order; each item has its own result or its own error."""
+    predictor, settings = current(request)
+    form = await BATCH_FORM.read(request)
+    uploads, numbers = form["images"], form["numbers"]
     predictor.require_ready()
-    if len(images) > settings.max_batch_size:
-        raise InvalidField(f"images has {len(images)} files; send at most {settings.max_batch_size} per request.")
-    if len(numbers) not in (1, len(images)):
+    if len(uploads) > settings.max_batch_size:
+        raise InvalidField(f"images has {len(uploads)} files; send at most {settings.max_batch_size} per request.")
+    if len(numbers) not in (1, len(uploads)):
         raise InvalidField(
-            f"numbers has {len(numbers)} values for {len(images)} images; send one per image, or a single one for all."
+            f"numbers has {len(numbers)} values for {len(uploads)} images; send one per image, or a single one for all."
         )
-    numbers = numbers * len(images) if len(numbers) == 1 else numbers
+    numbers = numbers * len(uploads) if len(numbers) == 1 else numbers
     deadline = predictor.deadline()
-    uploads = [await image.read() for image in images]
     results = await predictor.predict_many(await predictor.decode_many(uploads, deadline), numbers, deadline)
-    response.headers[MODEL_HEADER] = predictor.model.sha256[:12]
     threshold = low_confidence_threshold(settings, predictor)
-    return BatchOut(
-        results=[
-            BatchItemOut(index=i, status=200, prediction=encode(result.prediction, number, threshold, None))
-            if isinstance(result, Answer)
-            else BatchItemOut(index=i, status=result.status_code, detail=result.detail)
-            for i, (result, number) in enumerate(zip(results, numbers, strict=True))
-        ]
+    return json_response(
+        BatchOut(
+            results=[
+                BatchItemOut(index=i, status=200, prediction=encode(result.prediction, number, threshold, None))
+                if isinstance(result, Answer)
+                else BatchItemOut(index=i, status=result.status_code, detail=result.detail)
+                for i, (result, number) in enumerate(zip(results, numbers, strict=True))
+            ]
+        ),
+        predictor,
     )
 
 

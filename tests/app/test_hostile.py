@@ -139,6 +139,12 @@ BAD = [
         "image is required: send the picture as a multipart/form-data file field named 'image'.",
     ),
     Bad(
+        "a browser's file input with no file chosen",
+        lambda d: fields(("image", b"", ""), ("number", b"3", None)),
+        422,
+        "image is required: send the picture as a multipart/form-data file field named 'image'.",
+    ),
+    Bad(
         "number sent twice",
         lambda d: fields(("image", png_bytes(d), "d.png"), ("number", b"3", None), ("number", b"4", None)),
         422,
@@ -262,6 +268,17 @@ BAD_BATCH = [
         "numbers must be a plain form field holding integers from 0 to 9, not a file.",
     ),
     Bad(
+        "an empty number among them",
+        lambda d: batch(
+            ("images", png_bytes(d), "a.png"),
+            ("images", png_bytes(d), "b.png"),
+            ("numbers", b"1", None),
+            ("numbers", b"", None),
+        ),
+        422,
+        "numbers must be integers from 0 to 9, got ''.",
+    ),
+    Bad(
         "no numbers",
         lambda d: batch(("images", png_bytes(d), "d.png")),
         422,
@@ -287,6 +304,7 @@ GOOD = [
     Good("number with spaces ' 7 '", lambda d: upload(png_bytes(d), " 7 "), 7),
     Good("number '+7', read as Python's int() reads it", lambda d: upload(png_bytes(d), "+7"), 7),
     Good("number '07'", lambda d: upload(png_bytes(d), "07"), 7),
+    Good("number '7.0', read as pydantic reads an int", lambda d: upload(png_bytes(d), "7.0"), 7),
     Good(
         "an unknown extra field",
         lambda d: fields(("image", png_bytes(d), "d.png"), ("number", b"5", None), ("comment", b"hi", None)),
