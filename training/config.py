@@ -64,9 +64,9 @@ class TrainConfig:
         "on the drawn dev half over two seeds (benchmarks/results/recipes_nondigits.md)",
     )
     detector_epochs: int = knob(
-        10,
+        6,
         "passes of the non-digit detector (training/detector.py) over the training set, after the digit network; "
-        "0: no detector. About 25 s on 2 cores, drawing its non-digits included (benchmarks/results/train.md)",
+        "0: no detector. About 12 s on 2 cores, drawing its non-digits included (benchmarks/results/train.md)",
     )
     detector_width: int = knob(
         8, "channels of the detector's first conv block; at 8 it has a ninth of the digit network's multiply-adds"
