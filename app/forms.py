@@ -7,10 +7,10 @@ that is repeated, missing or of the wrong kind) and writes the route's OpenAPI r
 /docs, the schema fuzzing and the checks describe the same form.
 
 Why not FastAPI's File() and Form() parameters: FastAPI re-inspects each parameter's type annotation on every
-request (fastapi/dependencies/utils.py, request_body_to_args); with them /predict took 12% more CPU per request
-(measured in-process, both versions at once). The values are checked by pydantic as FastAPI checked them: a
-number is what `int` with 0 <= n <= 9 accepts from a form ("3", " 3", "+3", "3.0"), and a field left empty, or a
-file input with no file chosen, is a missing one.
+request (fastapi/dependencies/utils.py, request_body_to_args); without them /predict takes 0.87x the CPU per
+request (benchmarks/results/request_cpu.md: both versions measured at once). The values are checked by pydantic
+as FastAPI checked them: a number is what `int` with 0 <= n <= 9 accepts from a form ("3", " 3", "+3", "3.0"), and
+a field left empty, or a file input with no file chosen, is a missing one.
 """
 
 from __future__ import annotations
