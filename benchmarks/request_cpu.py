@@ -182,8 +182,14 @@ def report(now: list[float], then: list[float], args: argparse.Namespace) -> str
 
 
 def head_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                          check=True).stdout.strip()  # fmt: skip
+    """This checkout's commit, marked when the tracked files have changes of their own (what was measured)."""
+
+    def git(*words: str) -> str:
+        return subprocess.run(["git", *words], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + (
+        " with uncommitted changes" if git("status", "--porcelain", "-uno") else ""
+    )
 
 
 if __name__ == "__main__":
