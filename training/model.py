@@ -18,11 +18,14 @@ def conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class DigitCNN(nn.Module):
-    """(B, 1, 28, 28) normalised -> (B, outputs) logits. Five 3x3 conv blocks, global average pool."""
+    """(B, 1, 28, 28) normalised -> (B, 10) logits. Five 3x3 conv blocks, global average pool.
 
-    def __init__(self, width: int = 24, outputs: int = NUM_DIGITS) -> None:
+    `features` ends at the last conv block's (B, 4w, 7, 7) maps, which the non-digit detector reads too.
+    """
+
+    def __init__(self, width: int = 24) -> None:
         super().__init__()
-        self.width, self.outputs = width, outputs
+        self.width = width
         w = width
         self.features = nn.Sequential(
             conv_block(1, w),
@@ -32,18 +35,17 @@ class DigitCNN(nn.Module):
             conv_block(2 * w, 2 * w),
             nn.MaxPool2d(2),  # -> (B, 2w, 7, 7)
             conv_block(2 * w, 4 * w),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),  # -> (B, 4w)
         )
-        self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(4 * w, outputs))
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1), nn.Linear(4 * w, NUM_DIGITS)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
     def describe(self) -> str:
         convs = sum(isinstance(m, nn.Conv2d) for m in self.modules())
-        outputs = "" if self.outputs == NUM_DIGITS else f", {self.outputs} output"
-        return f"{convs}x conv3x3 CNN, width {self.width}{outputs}"
+        return f"{convs}x conv3x3 CNN, width {self.width}"
 
     def fold_batchnorm(self) -> None:
         """Fold each eval-mode BatchNorm into the conv before it, in place: same outputs, less work."""
@@ -53,6 +55,26 @@ class DigitCNN(nn.Module):
                 assert isinstance(conv, nn.Conv2d)
                 block[0] = fuse_conv_bn_eval(conv, bn)
                 block[1] = nn.Identity()
+
+
+class NondigitHead(nn.Module):
+    """(B, C, 7, 7) feature maps of the digit CNN -> (B,) logit that the image is no digit at all.
+
+    A 1x1 conv to `width` channels, then one linear layer over all 7x7 places: where the strokes are, not only
+    which, so two digits side by side or a letter's parts can count. It reads the maps and never trains them.
+    """
+
+    def __init__(self, channels: int, width: int = 32) -> None:
+        super().__init__()
+        self.width = width
+        self.mix = nn.Sequential(nn.Conv2d(channels, width, 1), nn.ReLU(inplace=True), nn.Flatten())
+        self.score = nn.Linear(width * 7 * 7, 1)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.score(self.mix(maps)).squeeze(1)
+
+    def describe(self) -> str:
+        return f"1x1 conv to {self.width} channels and a linear layer over the digit CNN's 7x7 feature maps"
 
 
 class SumHead(nn.Module):
@@ -81,9 +103,9 @@ class SumHead(nn.Module):
 class DigitSumNet(nn.Module):
     """forward(images (B,1,28,28) in [0,1], numbers (B,) int64) -> (digit log-probs (B,10), sum log-probs (B,19)).
 
-    `answer` adds P(no digit) (B,) from the non-digit detector: a separate small CNN trained after the digit
-    network (training/detector.py) to tell digits from letters, shapes and scribbles. It shares no weight with
-    the digit network, so it can flag an answer but never change one.
+    `answer` adds P(no digit) (B,) from the non-digit detector: a small head over the digit CNN's last feature maps,
+    trained after the digit network, with those maps frozen (training/detector.py), to tell digits from letters,
+    shapes and scribbles. It changes no weight of the digit network, so it can flag an answer but never change one.
     """
 
     mean: torch.Tensor  # buffers: travel with the module, so the service never normalises by itself
@@ -91,7 +113,7 @@ class DigitSumNet(nn.Module):
     digit_temperature: torch.Tensor  # 1 while training; fitted on held-out training images afterwards
     sum_temperature: torch.Tensor
 
-    def __init__(self, width: int = 24, detector_width: int = 8) -> None:
+    def __init__(self, width: int = 24, detector_width: int = 32) -> None:
         super().__init__()
         self.width, self.detector_width = width, detector_width
         self.register_buffer("mean", torch.tensor(MNIST_MEAN))
@@ -102,16 +124,27 @@ class DigitSumNet(nn.Module):
         self.sum = SumHead()
         with torch.random.fork_rng(devices=[]):  # its own seed: the digit network trains as it did without it
             torch.manual_seed(DETECTOR_SEED)
-            self.detector = DigitCNN(detector_width, outputs=1)
+            self.detector = NondigitHead(4 * width, detector_width)
+
+    def feature_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) in [0, 1] -> the digit CNN's last (B, 4w, 7, 7) maps, which both heads read."""
+        return self.digit.features((images - self.mean) / self.std)
 
     def logits(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Uncalibrated digit (B, 10) and sum (B, 19) logits; the sum head reads the uncalibrated digit softmax."""
-        digit_logits = self.digit((images - self.mean) / self.std)
+        return self.logits_of(self.feature_maps(images), numbers)
+
+    def logits_of(self, maps: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        digit_logits = self.digit.classifier(maps)
         return digit_logits, self.sum(F.softmax(digit_logits.float(), dim=1), numbers).float()
 
     def forward(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        digit_logits, sum_logits = self.logits(images, numbers)
-        # temperatures rescale confidence only: each head's argmax, and so every answer, is unchanged
+        return self.calibrated(self.logits(images, numbers))
+
+    def calibrated(self, logits: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities of both heads. Temperatures rescale confidence only: each head's argmax, and so every
+        answer, is unchanged."""
+        digit_logits, sum_logits = logits
         return (
             F.log_softmax(digit_logits.float() / self.digit_temperature, dim=1),
             F.log_softmax(sum_logits / self.sum_temperature, dim=1),
@@ -119,13 +152,15 @@ class DigitSumNet(nn.Module):
 
     @torch.jit.export
     def answer(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """forward's two outputs and P(no digit) (B,) from the non-digit detector, in one call."""
-        digit_log_probs, sum_log_probs = self.forward(images, numbers)
-        return digit_log_probs, sum_log_probs, self.nondigit_probability(images)
+        """forward's two outputs and P(no digit) (B,) from the non-digit detector, in one call: the convolutions
+        run once for both."""
+        maps = self.feature_maps(images)
+        digit_log_probs, sum_log_probs = self.calibrated(self.logits_of(maps, numbers))
+        return digit_log_probs, sum_log_probs, torch.sigmoid(self.detector(maps).float())
 
     def nondigit_probability(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, 28, 28) in [0, 1] -> (B,) the detector's probability that the image is no digit at all."""
-        return torch.sigmoid(self.detector((images - self.mean) / self.std).float().squeeze(1))
+        return torch.sigmoid(self.detector(self.feature_maps(images)).float())
 
     def model_args(self) -> dict[str, Any]:
         """The constructor's arguments: `DigitSumNet(**net.model_args())` rebuilds this architecture."""
@@ -148,7 +183,6 @@ class DigitSumNet(nn.Module):
         may run channels-last; app/model.py picks the layout it serves in): what export and latency use."""
         model = copy.deepcopy(self).cpu().eval().to(memory_format=torch.contiguous_format)
         model.digit.fold_batchnorm()
-        model.detector.fold_batchnorm()
         return model
 
 

@@ -25,7 +25,7 @@ def test_the_description_rebuilds_the_architecture() -> None:
     description = DigitSumNet(width=16, detector_width=4).describe()
     assert description["model_args"] == {"width": 16, "detector_width": 4}
     assert description["digit"] == "5x conv3x3 CNN, width 16"
-    assert description["detector"] == "5x conv3x3 CNN, width 4, 1 output"
+    assert description["detector"].startswith("1x1 conv to 4 channels")
     rebuilt = DigitSumNet(**description["model_args"])
     assert rebuilt.describe() == description
     total = description["parameters"] + description["detector_parameters"]
@@ -38,9 +38,9 @@ def test_the_inference_copy_folds_batch_norm_with_the_same_outputs() -> None:
     model = trained_looking()
     copy = model.inference_copy()
     assert not any(isinstance(m, nn.BatchNorm2d) for m in copy.modules())
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 10  # untouched: 5 in each network
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 5  # untouched
     images, numbers = torch.rand(4, 1, 28, 28), torch.tensor([0, 3, 7, 9])
-    for ours, theirs in zip(model(images, numbers), copy(images, numbers), strict=True):
+    for ours, theirs in zip(model.answer(images, numbers), copy.answer(images, numbers), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
 
 
@@ -66,5 +66,6 @@ def test_answer_is_forward_plus_the_detectors_probability_also_when_scripted() -
     torch.testing.assert_close(digit_lp, forward[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(sum_lp, forward[1], atol=1e-5, rtol=1e-4)
     assert nondigit.shape == (4,) and bool(((nondigit > 0) & (nondigit < 1)).all())
-    expected = torch.sigmoid(model.detector((images - model.mean) / model.std)).squeeze(1)
-    torch.testing.assert_close(nondigit, expected, atol=1e-5, rtol=1e-4)
+    maps = model.digit.features((images - model.mean) / model.std)  # the digit CNN's own last maps
+    torch.testing.assert_close(nondigit, torch.sigmoid(model.detector(maps)), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(nondigit, model.nondigit_probability(images), atol=1e-5, rtol=1e-4)

@@ -256,7 +256,8 @@ def test_no_detector_epochs_no_detector_section(tmp_path: Path) -> None:
 def test_the_detector_width_reaches_the_network(tmp_path: Path) -> None:
     card = dry_run(tmp_path / "m.pt", "--detector-width", "4")
     assert card["architecture"]["model_args"]["detector_width"] == 4
-    assert card["architecture"]["detector"] == "5x conv3x3 CNN, width 4, 1 output"
+    assert card["architecture"]["detector"].startswith("1x1 conv to 4 channels")
+    assert card["architecture"]["detector_parameters"] == 96 * 4 + 4 + 4 * 49 + 1  # the width-24 CNN's 96 maps
 
 
 def test_training_the_detector_changes_it_and_nothing_else(sample: digit_data.DigitData) -> None:
@@ -270,7 +271,6 @@ def test_training_the_detector_changes_it_and_nothing_else(sample: digit_data.Di
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed and all(name.startswith("detector.") for name in changed)
     assert section["epochs"] == 1 and section["nondigits"] == 4 * len(train.labels)
-    assert not model.detector.training  # left in eval mode, ready to export
 
 
 def test_held_out_images_are_the_last_of_each_digit_and_never_train(sample: digit_data.DigitData) -> None:
