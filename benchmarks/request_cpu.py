@@ -5,12 +5,13 @@
 On a shared machine a server's CPU per request drifts by 15% and more within minutes, which buries a change of
 a few percent in HTTP-level runs taken one after the other (benchmarks/serve.py). Here both versions run at once,
 each in its own process: the app of this checkout and the app of `--before` (a git worktree), each built by its
-own `create_app()` on the same checkpoint and driven in process through ASGI by `--callers` concurrent callers
-(no HTTP server, no sockets), `--rounds` rounds of `--requests` test-split PNG uploads each. A round's figure is
+own `create_app()` and driven in process through ASGI by `--callers` concurrent callers
+(no HTTP server, no sockets), `--rounds` rounds of `--requests` test-split PNG uploads each. Each serves its own
+checkout's models/digitsum.pt, so a new checkpoint is compared as well as new code. A round's figure is
 the process's CPU time per request; the two processes share whatever the machine does meanwhile, so the ratio of
 their figures round by round is what this reports (median and range). What the ratio covers is everything
 `create_app()` does per request: middleware, routing, the form, the handler, batching, preprocessing and the
-network; it leaves out uvicorn's HTTP parsing and the kernel's sockets, the same for both.
+network's forward pass; it leaves out uvicorn's HTTP parsing and the kernel's sockets, the same for both.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "request_cpu.md"
-MODEL = ROOT / "models" / "digitsum.pt"
 
 
 def main() -> None:
@@ -91,7 +91,7 @@ async def drive(root: Path, requests: int, rounds: int, callers: int) -> None:
     where = Path(sys.modules[create_app.__module__].__file__ or "")
     assert where.resolve().is_relative_to(root.resolve()), f"imported {where}, not the app of {root}"
     torch.set_num_threads(1)
-    service = create_app(Settings(model_path=MODEL, device="cpu"))
+    service = create_app(Settings(model_path=root / "models" / "digitsum.pt", device="cpu"))
     bodies = digit_bodies(load_sample().test.images.numpy()[:200])
     lifespan = Lifespan(service)
     await lifespan.start()
@@ -169,7 +169,8 @@ def report(now: list[float], then: list[float], args: argparse.Namespace) -> str
         "",
         f"{datetime.date.today()}, {os.cpu_count()} CPUs. `python benchmarks/request_cpu.py --before {args.before} "
         f"--requests {args.requests} --rounds {args.rounds} --callers {args.callers}` at {head}: both apps in process "
-        "at once (benchmarks/request_cpu.py says how), process CPU ms per request by round.",
+        "at once, each on its own checkout's models/digitsum.pt (benchmarks/request_cpu.py says how), process CPU ms "
+        "per request by round.",
         "",
         f"| round | {args.before} (CPU ms/request) | {head} (CPU ms/request) | ratio |",
         "|---:|---:|---:|---:|",
