@@ -14,7 +14,9 @@ Non-digits (outside the mean): 500 drawings of training/nondigits.py's kinds (se
 --seed), whose "two digits" are held-out images, answered without the service's low-confidence flag: confident
 answers for something that is no digit. Coarse scans (outside the mean): each held-out image averaged down to
 10x10 cells at 17 grey levels, enlarged to a 64x64 scan and preprocessed as an upload is: a small scan or
-thumbnail, of training-split digits.
+thumbnail, of training-split digits. Digits called no_digit (outside the mean): the share of the held-out images,
+of their page drawings and of their coarse scans that the non-digit detector takes for no digit at all, what the
+detector costs digits.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ def accuracy(model: Model, pixels: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean([a.digit == t for a, t in zip(answers, labels, strict=True)]))
 
 
+def no_digit_share(model: Model, pixels: np.ndarray) -> float:
+    """Share of digits that the non-digit detector calls no digit: what the detector costs digits (0 without one)."""
+    return float(np.mean([a.no_digit for a in model.predict(pixels, [0] * len(pixels))]))
+
+
 def coarse_scan(image: np.ndarray, cells: int = 10, levels: int = 17, side: int = 64) -> np.ndarray:
     """A uint8 28x28 digit as a coarse scan reaches the network: `cells` x `cells` averages at `levels` grey
     levels, enlarged to `side` x `side`, then the service's preprocessing."""
@@ -74,8 +81,8 @@ def main(paths: list[Path], out: Path = RESULTS) -> None:
         f"drawn (dev half): {len(drawn_labels)} drawings. Test-split figures are in each card, read after choosing.",
         "",
         "| checkpoint | recipe | held-out acc | page-drawn acc | drawn acc | mean of the three | coarse scans "
-        "| non-digits answered confidently | train s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| non-digits answered confidently | digits called no_digit: held-out / page-drawn / coarse | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in paths:
         model = Model(path, DeviceChoice(torch.device("cpu"), "recipes"))
@@ -87,14 +94,17 @@ def main(paths: list[Path], out: Path = RESULTS) -> None:
         page_drawn = drawn_versions(images, PAGE_DRAWINGS, seed=PAGE_SEED).reshape(-1, 28, 28)
         on_page = accuracy(model, page_drawn.astype(np.float32) / 255, np.tile(labels, PAGE_DRAWINGS))
         on_drawn = accuracy(model, drawn, drawn_labels)
-        coarse = accuracy(model, np.stack([coarse_scan(image) for image in images]), labels)
+        scans = np.stack([coarse_scan(image) for image in images])
+        coarse = accuracy(model, scans, labels)
+        digit_sets = (images.astype(np.float32) / 255, page_drawn.astype(np.float32) / 255, scans)
+        no_digit = " / ".join(f"{100 * no_digit_share(model, pixels):.2f}%" for pixels in digit_sets)
         others = nondigit_drawings(NONDIGITS, images, seed=PAGE_SEED).astype(np.float32) / 255
         seen = "" if per_digit >= HELD_OUT_PER_DIGIT else " (trained on them)"  # their sources trained it
         lines.append(
             f"| {path} | {json.dumps(flags)} | {100 * held:.2f}%{seen} of {len(labels)} "
             f"| {100 * on_page:.2f}%{seen} | {100 * on_drawn:.2f}%{seen} "
             f"| {100 * (held + on_page + on_drawn) / 3:.2f}% | {100 * coarse:.2f}% "
-            f"| {100 * confident_share(model, others):.2f}% "
+            f"| {100 * confident_share(model, others):.2f}% | {no_digit} "
             f"| {model.metadata['training']['seconds']} |"
         )
     write_table(lines, out)
