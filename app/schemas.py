@@ -20,9 +20,9 @@ class PredictionOut(BaseModel):
         "split, the answer is their joint best guess (still digit + number = sum) and low_confidence is true"
     )
     no_digit: bool = Field(
-        description="true when the model's non-digit detector, a second small network, finds the image is likely "
-        "no digit at all (a letter, a shape, a scribble); the digit and sum are still the network's best guess, "
-        "and low_confidence is true"
+        description="true when the model's non-digit detector, a small head on the digit network, finds the image "
+        "is likely no digit at all (a letter, a shape, a scribble); the digit and sum are still the network's best "
+        "guess, and low_confidence is true"
     )
     low_confidence: bool = Field(
         description="true when digit_confidence is under the service's threshold, the heads disagree or no_digit "
