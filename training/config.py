@@ -66,7 +66,7 @@ class TrainConfig:
     detector_epochs: int = knob(
         6,
         "passes of the non-digit detector (training/detector.py) over the training set, after the digit network; "
-        "0: no detector. About 12 s on 2 cores, drawing its non-digits included (benchmarks/results/train.md)",
+        "0: no detector. About 15 s on 2 cores, drawing its non-digits included (benchmarks/results/train.md)",
     )
     detector_width: int = knob(
         32, "channels of the non-digit head's 1x1 conv over the digit CNN's 7x7 maps (under 1% of its multiply-adds)"

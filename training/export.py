@@ -104,12 +104,18 @@ def export_torchscript(model: DigitSumNet, path: Path, metadata: dict[str, Any])
     return card
 
 
-def git_commit() -> str | None:
+def git_commit(where: Path | None = None) -> str | None:
+    """The checkout's commit, with "-dirty" when tracked files differ from it: the card then says that the code which
+    trained it is not that commit's. None outside a git checkout."""
+
+    def git(*words: str) -> str:
+        return subprocess.run(["git", *words], cwd=where, capture_output=True, text=True, timeout=5, check=True).stdout
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        head, changes = git("rev-parse", "HEAD").strip(), git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return head + ("-dirty" if changes.strip() else "") if head else None
 
 
 def now_utc() -> str:

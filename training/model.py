@@ -135,6 +135,7 @@ class DigitSumNet(nn.Module):
         return self.logits_of(self.feature_maps(images), numbers)
 
     def logits_of(self, maps: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`logits` from the feature maps, which `answer` computes once for the digit and the non-digit heads."""
         digit_logits = self.digit.classifier(maps)
         return digit_logits, self.sum(F.softmax(digit_logits.float(), dim=1), numbers).float()
 

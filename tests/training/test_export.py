@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import torch
 
 from training.config import TrainConfig
 from training.data import DigitData, Split
-from training.export import Provenance, model_card
+from training.export import Provenance, git_commit, model_card
 from training.measure import Measurements
 
 
@@ -37,3 +40,20 @@ def test_a_run_without_calibration_has_no_calibration_section() -> None:
     run = Provenance(1, 1.0, "cpu", "x", "t", None)
     card = model_card(TrainConfig(), DigitData("sample", "s", split, split), {}, measured, run)
     assert "calibration" not in card
+
+
+def test_the_card_names_the_commit_and_says_when_the_code_had_changes_of_its_own(tmp_path: Path) -> None:
+    def git(*words: str) -> str:
+        command = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *words]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    assert git_commit(tmp_path) is None  # not a checkout
+    git("init", "-q")
+    (tmp_path / "train.py").write_text("epochs = 30\n")
+    git("add", "train.py")
+    git("commit", "-q", "-m", "recipe")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "runs.txt").write_text("an untracked file is no change to the code\n")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "train.py").write_text("epochs = 10\n")
+    assert git_commit(tmp_path) == f"{head}-dirty"
