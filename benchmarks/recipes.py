@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.model import DeviceChoice, Model
+from app.model import DeviceChoice, Model, Prediction
 from app.preprocess import to_mnist
 from benchmarks.accuracy import answers, drawings, drawn_halves, flagged
 from benchmarks.drawn_set import HELD_OUT_PER_DIGIT, held_out_digits
@@ -47,14 +47,18 @@ def confident_share(model: Model, pixels: np.ndarray) -> float:
     return float(np.mean(~flagged(answers(model, pixels), model.low_confidence_threshold)[::10]))
 
 
-def accuracy(model: Model, pixels: np.ndarray, labels: np.ndarray) -> float:
-    answers = model.predict(pixels, [0] * len(pixels))
+def read(model: Model, pixels: np.ndarray) -> list[Prediction]:
+    """The service's answer for each (28, 28) image, asked with the number 0."""
+    return model.predict(pixels, [0] * len(pixels))
+
+
+def accuracy(answers: list[Prediction], labels: np.ndarray) -> float:
     return float(np.mean([a.digit == t for a, t in zip(answers, labels, strict=True)]))
 
 
-def no_digit_share(model: Model, pixels: np.ndarray) -> float:
+def no_digit_share(answers: list[Prediction]) -> float:
     """Share of digits that the non-digit detector calls no digit: what the detector costs digits (0 without one)."""
-    return float(np.mean([a.no_digit for a in model.predict(pixels, [0] * len(pixels))]))
+    return float(np.mean([a.no_digit for a in answers]))
 
 
 def coarse_scan(image: np.ndarray, cells: int = 10, levels: int = 17, side: int = 64) -> np.ndarray:
@@ -90,14 +94,17 @@ def main(paths: list[Path], out: Path = RESULTS) -> None:
         flags = {k: v for k, v in config.items() if k in RECIPE_FLAGS}
         per_digit = config.get("holdout_per_digit", 0)
         images, labels = held_out_digits(per_digit) if per_digit else held_out_digits()
-        held = accuracy(model, images.astype(np.float32) / 255, labels)
         page_drawn = drawn_versions(images, PAGE_DRAWINGS, seed=PAGE_SEED).reshape(-1, 28, 28)
-        on_page = accuracy(model, page_drawn.astype(np.float32) / 255, np.tile(labels, PAGE_DRAWINGS))
-        on_drawn = accuracy(model, drawn, drawn_labels)
-        scans = np.stack([coarse_scan(image) for image in images])
-        coarse = accuracy(model, scans, labels)
-        digit_sets = (images.astype(np.float32) / 255, page_drawn.astype(np.float32) / 255, scans)
-        no_digit = " / ".join(f"{100 * no_digit_share(model, pixels):.2f}%" for pixels in digit_sets)
+        held_answers = read(model, images.astype(np.float32) / 255)
+        page_answers = read(model, page_drawn.astype(np.float32) / 255)
+        scan_answers = read(model, np.stack([coarse_scan(image) for image in images]))
+        held = accuracy(held_answers, labels)
+        on_page = accuracy(page_answers, np.tile(labels, PAGE_DRAWINGS))
+        on_drawn = accuracy(read(model, drawn), drawn_labels)
+        coarse = accuracy(scan_answers, labels)
+        no_digit = " / ".join(
+            f"{100 * no_digit_share(answers):.2f}%" for answers in (held_answers, page_answers, scan_answers)
+        )
         others = nondigit_drawings(NONDIGITS, images, seed=PAGE_SEED).astype(np.float32) / 255
         seen = "" if per_digit >= HELD_OUT_PER_DIGIT else " (trained on them)"  # their sources trained it
         lines.append(
