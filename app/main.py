@@ -13,7 +13,6 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartParser
 
 from app.decoder import INLINE_MAX_BYTES
 from app.errors import ServiceError, StartupError
@@ -122,9 +121,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ServiceError, service_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
-    # Uploads under the body cap stay in memory: Starlette would spool those over 1 MB to /tmp, where a full
-    # disk turned them into a 400 that blamed the client (and /tmp is RAM in the container anyway).
-    MultiPartParser.spool_max_size = settings.max_upload_bytes
     # Outermost last: ids, metrics and security headers see every answer, the body caps every read.
     app.add_middleware(HeadAsGet)
     app.add_middleware(
