@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 import io
 import time
-from typing import Annotated
-
 import numpy as np
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from PIL import Image
+from pydantic import TypeAdapter, ValidationError
 
 from app.errors import InvalidField
 from app.forms import FormField, FormSpec
+from app.handlers import parameter_error_sentence
 from app.metrics import DECODE_SECONDS
 from app.model import Prediction
 from app.predictor import Answer, Predictor
@@ -23,7 +23,16 @@ router = APIRouter(tags=["prediction"])
 
 MODEL_HEADER = "X-Model-SHA256"  # the first 12 hex digits of the checkpoint's sha256: watch a rollout from outside
 
-DebugQuery = Annotated[bool, Query(description="Also return the 28x28 image the network saw.")]
+# ?debug=true: read by `debug_flag` as FastAPI reads a bool query parameter, and documented as FastAPI documents one
+DEBUG = TypeAdapter(bool)
+DEBUG_HELP = "Also return the 28x28 image the network saw."
+DEBUG_PARAMETER = {
+    "name": "debug",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "boolean", "description": DEBUG_HELP, "default": False, "title": "Debug"},
+    "description": DEBUG_HELP,
+}
 
 PREDICT_FORM = FormSpec(
     "multipart/form-data with the file field 'image' and the field 'number'",
@@ -81,9 +90,15 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.post("/predict", response_model=PredictionOut, responses=ERRORS, openapi_extra=PREDICT_FORM.openapi())
-async def predict(request: Request, debug: DebugQuery = False) -> Response:
+@router.post(
+    "/predict",
+    response_model=PredictionOut,
+    responses=ERRORS,
+    openapi_extra={**PREDICT_FORM.openapi(), "parameters": [DEBUG_PARAMETER]},
+)
+async def predict(request: Request) -> Response:
     """Recognise the handwritten digit and add the number; digit and sum both come from the network."""
+    debug = debug_flag(request)
     predictor, settings = current(request)
     form = await PREDICT_FORM.read(request)
     number = form["number"]
@@ -103,6 +118,18 @@ async def predict(request: Request, debug: DebugQuery = False) -> Response:
         f"inference;dur={timed.inference_s * 1000:.2f}"
     )
     return json_response(prediction, predictor, {"Server-Timing": timing})
+
+
+def debug_flag(request: Request) -> bool:
+    """?debug=, as FastAPI would read a `debug: bool = False` parameter (the last one sent), without the work its
+    dependency solving does on every request: 'true', '1', 'yes', 'on' and their opposites, any case."""
+    value = request.query_params.get("debug")
+    if value is None:
+        return False
+    try:
+        return DEBUG.validate_python(value)
+    except ValidationError as exc:
+        raise InvalidField(parameter_error_sentence({**exc.errors()[0], "loc": ("query", "debug")})) from None
 
 
 def current(request: Request) -> tuple[Predictor, Settings]:
