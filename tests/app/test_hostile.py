@@ -198,6 +198,22 @@ BAD = [
         400,
         phrase("The multipart/form-data body is malformed"),
     ),
+    Bad(
+        "a part with no name",
+        lambda d: raw(
+            f"--{hi.BOUNDARY}\r\nContent-Disposition: form-data; filename=\"d.png\"\r\n\r\nx\r\n"
+            f"--{hi.BOUNDARY}--\r\n".encode(),
+            f"multipart/form-data; boundary={hi.BOUNDARY}",
+        ),
+        400,
+        f"A part of the form has no name in its Content-Disposition header; {SEND}.",
+    ),
+    Bad(
+        "a urlencoded form, which cannot hold the file",
+        lambda d: {"data": {"number": "3"}},
+        422,
+        "image is required: send the picture as a multipart/form-data file field named 'image'.",
+    ),
     Bad("2000 text fields", many_fields(2000, None), 400, f"The form has too many fields; {SEND} only."),
     Bad("2000 files", many_fields(2000, "x.png"), 400, f"The form has too many files; {SEND} only."),
     Bad(
