@@ -12,10 +12,11 @@ request (benchmarks/results/request_cpu.md: both versions measured at once). The
 as FastAPI checked them: a number is what `int` with 0 <= n <= 9 accepts from a form ("3", " 3", "+3", "3.0"), and
 a field left empty, or a file input with no file chosen, is a missing one.
 
-Why not Starlette's `request.form()` for multipart bodies: it wraps python-multipart's parser in an UploadFile
-and a SpooledTemporaryFile per file part, which cost more than the parsing itself (a 64-image batch form: about
-2.5 ms through Starlette against 1.6 ms through `read_multipart`, the same parser with callbacks that keep each
-part's bytes). Its limits are kept: at most MAX_PARTS files and as many text fields, a text field at most
+Why not Starlette's `request.form()` for multipart bodies: around python-multipart's parser it makes an
+UploadFile and a SpooledTemporaryFile per file part and a FormData, which cost about as much as the parsing
+(measured apart: a /predict form 66-75 us through Starlette, 32-53 us through `read_multipart`'s callbacks that
+keep each part's bytes; a 64-image batch form 2.3-3.1 ms against 1.5-2.4 ms). In the app, /predict took 0.93x
+the CPU per request (benchmarks/request_cpu.py, 7 rounds against Starlette's reading). Its limits are kept: at most MAX_PARTS files and as many text fields, a text field at most
 MAX_FIELD_BYTES, python-multipart's own caps on part headers. A urlencoded body (which cannot carry a file) still
 goes through Starlette.
 """
