@@ -182,14 +182,18 @@ def report(now: list[float], then: list[float], args: argparse.Namespace) -> str
     ])  # fmt: skip
 
 
+MEASURED = ["app", "models", "training", "benchmarks", ":!benchmarks/results"]  # what a run of this checkout executes
+
+
 def head_commit() -> str:
-    """This checkout's commit, marked when the tracked files have changes of their own (what was measured)."""
+    """This checkout's commit, marked when what was measured (MEASURED: the code and the model, not the results
+    files this writes nor the README) has uncommitted changes."""
 
     def git(*words: str) -> str:
         return subprocess.run(["git", *words], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
     return git("rev-parse", "--short", "HEAD") + (
-        " with uncommitted changes" if git("status", "--porcelain", "-uno") else ""
+        " with uncommitted changes" if git("status", "--porcelain", "-uno", "--", *MEASURED) else ""
     )
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
+from pathlib import Path
+
+import pytest
 
 from app.main import create_app
 from app.settings import Settings
@@ -41,3 +45,26 @@ def test_the_report_takes_each_rounds_ratio_and_their_median() -> None:
     assert "| 3 | 2.000 | 1.000 | 0.500 |" in text
     assert "Median ratio **0.900** (range 0.500-1.200)" in text
     assert "--before abc1234 --requests 100 --rounds 3 --callers 8" in text
+
+
+def test_the_commit_is_marked_only_when_what_was_measured_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its own results file (rewritten by the run) or the README leave the label clean; the app's code does not."""
+
+    def git(*words: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *words], cwd=tmp_path, check=True,
+                       capture_output=True)  # fmt: skip
+
+    for name in ("app/main.py", "benchmarks/results/request_cpu.md", "README.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("one\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    monkeypatch.setattr(request_cpu, "ROOT", tmp_path)
+    (tmp_path / "benchmarks/results/request_cpu.md").write_text("two\n")
+    (tmp_path / "README.md").write_text("two\n")
+    assert not request_cpu.head_commit().endswith("with uncommitted changes")
+    (tmp_path / "app/main.py").write_text("two\n")
+    assert request_cpu.head_commit().endswith(" with uncommitted changes")
