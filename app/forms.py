@@ -15,10 +15,11 @@ a field left empty, or a file input with no file chosen, is a missing one.
 Why not Starlette's `request.form()` for multipart bodies: around python-multipart's parser it makes an
 UploadFile and a SpooledTemporaryFile per file part and a FormData, which cost about as much as the parsing
 (measured apart: a /predict form 66-75 us through Starlette, 32-53 us through `read_multipart`'s callbacks that
-keep each part's bytes; a 64-image batch form 2.3-3.1 ms against 1.5-2.4 ms). In the app, /predict took 0.93x
-the CPU per request (benchmarks/request_cpu.py, 7 rounds against Starlette's reading). Its limits are kept: at most MAX_PARTS files and as many text fields, a text field at most
-MAX_FIELD_BYTES, python-multipart's own caps on part headers. A urlencoded body (which cannot carry a file) still
-goes through Starlette.
+keep each part's bytes; a 64-image batch form 2.3-3.1 ms against 1.5-2.4 ms). In the app, with /predict's
+`?debug` read by the route too, a request takes 0.95x the CPU (benchmarks/results/request_cpu.md, against b7287cf).
+Starlette's limits are kept: at most MAX_PARTS files and as many text fields, a text field at most MAX_FIELD_BYTES,
+and python-multipart's own caps on part headers. A urlencoded body (which cannot carry a file) still goes through
+Starlette.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from PIL import Image

@@ -201,7 +201,7 @@ BAD = [
     Bad(
         "a part with no name",
         lambda d: raw(
-            f"--{hi.BOUNDARY}\r\nContent-Disposition: form-data; filename=\"d.png\"\r\n\r\nx\r\n"
+            f'--{hi.BOUNDARY}\r\nContent-Disposition: form-data; filename="d.png"\r\n\r\nx\r\n'
             f"--{hi.BOUNDARY}--\r\n".encode(),
             f"multipart/form-data; boundary={hi.BOUNDARY}",
         ),
