@@ -91,7 +91,7 @@ class FormSpec:
         """{name: bytes or int, or a list of them for a field that repeats}."""
         send = f"send {self.explains}"
         content_type, options = parse_options_header(request.headers.get("content-type", ""))
-        kind = content_type.decode("latin-1").strip().lower()
+        kind = content_type.decode("latin-1")  # lowercased and stripped by python-multipart
         if kind not in FORM_TYPES:
             got = f"The body is {kind}, not a form" if kind else "The request has no Content-Type"
             raise NotAForm(f"{got}; {send}.")

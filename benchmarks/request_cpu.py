@@ -188,13 +188,11 @@ MEASURED = ["app", "models", "training", "benchmarks", ":!benchmarks/results"]  
 def head_commit() -> str:
     """This checkout's commit, marked when what was measured (MEASURED: the code and the model, not the results
     files this writes nor the README) has uncommitted changes."""
+    # imported here: a worker must import `training` from the checkout it measures (`drive`), not from this one
+    from training.export import git_commit
 
-    def git(*words: str) -> str:
-        return subprocess.run(["git", *words], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-
-    return git("rev-parse", "--short", "HEAD") + (
-        " with uncommitted changes" if git("status", "--porcelain", "-uno", "--", *MEASURED) else ""
-    )
+    commit = git_commit(ROOT, MEASURED) or "an unknown commit"
+    return commit.removesuffix("-dirty")[:7] + (" with uncommitted changes" if commit.endswith("-dirty") else "")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import hashlib
 import json
 import subprocess
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,15 +105,16 @@ def export_torchscript(model: DigitSumNet, path: Path, metadata: dict[str, Any])
     return card
 
 
-def git_commit(where: Path | None = None) -> str | None:
-    """The checkout's commit, with "-dirty" when tracked files differ from it: the card then says that the code which
-    trained it is not that commit's. None outside a git checkout."""
+def git_commit(where: Path | None = None, paths: Sequence[str] = ()) -> str | None:
+    """The checkout's commit, with "-dirty" when tracked files (of `paths`, git pathspecs, if given) differ from it:
+    the card then says that the code which trained it is not that commit's. None outside a git checkout."""
 
     def git(*words: str) -> str:
         return subprocess.run(["git", *words], cwd=where, capture_output=True, text=True, timeout=5, check=True).stdout
 
     try:
-        head, changes = git("rev-parse", "HEAD").strip(), git("status", "--porcelain", "--untracked-files=no")
+        head = git("rev-parse", "HEAD").strip()
+        changes = git("status", "--porcelain", "--untracked-files=no", "--", *paths)
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("-dirty" if changes.strip() else "") if head else None
